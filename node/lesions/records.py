@@ -1,0 +1,62 @@
+"""The project's own lesion records: what the models find, before it becomes DICOM or rows."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class LesionType(enum.StrEnum):
+    """The eight coarse lesion types of DeepLesion."""
+
+    LUNG = "lung"
+    ABDOMEN = "abdomen"
+    MEDIASTINUM = "mediastinum"
+    LIVER = "liver"
+    PELVIS = "pelvis"
+    SOFT_TISSUE = "soft_tissue"
+    KIDNEY = "kidney"
+    BONE = "bone"
+
+
+Point2D = tuple[float, float]  # (column, row) in pixels of the key slice
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecistAxes:
+    """RECIST long and short axis on the key slice, lengths in mm, end points in pixels."""
+
+    long_axis_mm: float
+    short_axis_mm: float
+    long_axis_endpoints: tuple[Point2D, Point2D]
+    short_axis_endpoints: tuple[Point2D, Point2D]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lesion:
+    """One lesion found in one volume.
+
+    Indices refer to the ``Volume`` the lesion was found in (slice index along the sorted
+    stack; columns and rows in pixels). ``mask`` is a boolean array of the volume's shape
+    restricted to ``mask_offset`` (slice, row, column) so that large volumes are not copied
+    per lesion; ``None`` when the segmenter gave no mask.
+    """
+
+    index: int
+    key_slice: int
+    box: tuple[float, float, float, float]  # (col0, row0, col1, row1) on the key slice
+    score: float
+    lesion_type: LesionType
+    recist: RecistAxes | None
+    volume_mm3: float | None
+    mask: np.ndarray | None = None
+    mask_offset: tuple[int, int, int] = (0, 0, 0)
+    center_patient: tuple[float, float, float] | None = None
+    body_part_score: float | None = None
+    embedding: np.ndarray | None = None
+    site: str | None = None  # a key of node.dicom.codes.SITES, e.g. "lung", "liver"
+    tracking_id: str | None = None
+    tracking_uid: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
