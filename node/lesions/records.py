@@ -60,3 +60,29 @@ class Lesion:
     tracking_id: str | None = None
     tracking_uid: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class ResponseCategory(enum.StrEnum):
+    """RECIST 1.1 overall response (target + new-lesion rule); BASELINE for the first study."""
+
+    BASELINE = "baseline"
+    CR = "CR"
+    PR = "PR"
+    SD = "SD"
+    PD = "PD"
+    NE = "NE"  # not evaluable
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseAssessment:
+    """RECIST 1.1 response of one follow-up study against the patient's baseline and nadir."""
+
+    category: ResponseCategory
+    sum_of_diameters_mm: float
+    baseline_sum_mm: float
+    nadir_sum_mm: float
+    change_from_baseline_pct: float | None
+    change_from_nadir_pct: float | None
+    new_lesions: bool
+    target_tracking_uids: tuple[str, ...] = ()
+    baseline_study_uid: str | None = None
