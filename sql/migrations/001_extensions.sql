@@ -1,0 +1,2 @@
+-- pgvector for lesion embeddings.
+create extension if not exists vector;
