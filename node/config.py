@@ -45,9 +45,11 @@ class Settings:
     model_repository: Path = Path("triton_models")
     inference_backend: str = "auto"  # auto | triton | onnx
     detection_threshold: float = 0.5
-    # Lesion matching (Algorithm 1), tuned on the synthetic cohort.
-    match_t1: float = 0.25
-    match_t2: float = 0.9
+    # Lesion matching (Algorithm 1) on embedding distance. Tuned by
+    # node.lesions.matching.tune_thresholds on the synthetic embedding cohort (noise 0.4,
+    # 64-d); re-tune once the real embedder lands.
+    match_t1: float = 0.15
+    match_t2: float = 0.7
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
