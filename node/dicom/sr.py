@@ -1,0 +1,217 @@
+"""TID 1500 Imaging Measurement Report (Comprehensive 3D SR) for RECIST lesion measurements."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+
+from node.dicom import codes
+from node.dicom.provenance import Provenance
+from node.lesions.records import Lesion, ResponseAssessment, ResponseCategory
+
+logger = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 9702
+SR_SERIES_DESCRIPTION = "ainode lesion measurements"
+
+
+def image_coordinates(point: tuple[float, float]) -> tuple[float, float]:
+    """DICOM image coordinates of a (column, row) pixel index: pixel centres sit at +0.5."""
+    return float(point[0]) + 0.5, float(point[1]) + 0.5
+
+
+def time_point_context(time_point: str | None) -> hd.sr.TimePointContext | None:
+    """TID 1502 for ``"baseline"`` / ``"follow-up N"``; None when no time point is given."""
+    if time_point is None:
+        return None
+    if not time_point.strip():
+        raise ValueError("time_point: must not be blank")
+    kind = codes.TIME_POINT_BASELINE if time_point.lower().startswith("baseline") else codes.TIME_POINT_POSTTREATMENT
+    return hd.sr.TimePointContext(time_point=time_point[:64], time_point_type=kind)
+
+
+def _axis(name: hd.sr.Code, length_mm: float, ends: Sequence[tuple[float, float]], image: Dataset, frame: int | None) -> hd.sr.Measurement:
+    source = hd.sr.SourceImageForRegion.from_source_image(image, referenced_frame_numbers=[frame] if frame else None)
+    coordinates = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array([image_coordinates(p) for p in ends], dtype=np.float64),
+        source_image=source,
+    )
+    return hd.sr.Measurement(
+        name=name,
+        value=round(float(length_mm), 3),
+        unit=codes.MILLIMETER,
+        referenced_coordinates=[coordinates],
+    )
+
+
+def recist_group(
+    lesion: Lesion,
+    image: Dataset,
+    *,
+    provenance: Provenance,
+    frame_number: int | None = None,
+    time_point: hd.sr.TimePointContext | None = None,
+    target: bool | None = None,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group: tracking identifier, RECIST 1.1, finding type and site, long and short axis.
+
+    ``image`` is the key slice's source instance; the axes are drawn on it as POLYLINEs.
+    """
+    if lesion.recist is None:
+        raise ValueError(f"lesion: lesion {lesion.index} has no RECIST axes")
+    if lesion.tracking_uid is None or lesion.tracking_id is None:
+        raise ValueError(f"lesion: lesion {lesion.index} has no tracking identifier")
+    recist = lesion.recist
+    evaluations = None
+    if target is not None:
+        evaluations = [
+            hd.sr.QualitativeEvaluation(
+                name=codes.RESPONSE_EVALUATION_METHOD,
+                value=codes.TARGET_LESION_AT_BASELINE if target else codes.NON_TARGET_LESION_AT_BASELINE,
+            )
+        ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id),
+        time_point_context=time_point,
+        finding_type=codes.LESION,
+        method=codes.RECIST_1_1,
+        algorithm_id=provenance.sr_algorithm(),
+        finding_sites=[hd.sr.FindingSite(codes.site_code(site=lesion.site, lesion_type=lesion.lesion_type))],
+        measurements=[
+            _axis(codes.LONG_AXIS, recist.long_axis_mm, recist.long_axis_endpoints, image, frame_number),
+            _axis(codes.SHORT_AXIS, recist.short_axis_mm, recist.short_axis_endpoints, image, frame_number),
+        ],
+        qualitative_evaluations=evaluations,
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                image, referenced_frame_numbers=[frame_number] if frame_number else None
+            )
+        ],
+    )
+
+
+def volumetric_group(
+    lesion: Lesion,
+    segmentation: Dataset,
+    segment_number: int,
+    *,
+    provenance: Provenance,
+    volume_mm3: float | None,
+    time_point: hd.sr.TimePointContext | None = None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 group: the lesion's SEG segment, its volume and the detector's score."""
+    if lesion.tracking_uid is None or lesion.tracking_id is None:
+        raise ValueError(f"lesion: lesion {lesion.index} has no tracking identifier")
+    measurements = []
+    if volume_mm3 is not None:
+        measurements.append(hd.sr.Measurement(name=codes.VOLUME, value=round(float(volume_mm3), 3), unit=codes.CUBIC_MILLIMETER,
+                                             method=codes.VOLUME_FROM_VOXELS))
+    measurements.append(hd.sr.Measurement(name=codes.DETECTOR_SCORE, value=round(float(lesion.score), 6), unit=codes.UNITLESS))
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segment_number),
+        time_point_context=time_point,
+        finding_type=codes.LESION,
+        algorithm_id=provenance.sr_algorithm(),
+        finding_sites=[hd.sr.FindingSite(codes.site_code(site=lesion.site, lesion_type=lesion.lesion_type))],
+        measurements=measurements,
+    )
+
+
+def response_group(
+    response: ResponseAssessment,
+    *,
+    provenance: Provenance,
+    time_point: hd.sr.TimePointContext | None = None,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A study-level TID 1501 group with the RECIST 1.1 sum of diameters and response category.
+
+    It carries a tracking identifier but no tracking UID, so viewers do not list it as a lesion.
+    """
+    evaluations = []
+    category = codes.RESPONSE_CATEGORIES.get(ResponseCategory(response.category))
+    if category is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=codes.RESPONSE_EVALUATION, value=category))
+    measurements = [
+        hd.sr.Measurement(name=codes.DIAMETER, value=round(response.sum_of_diameters_mm, 3), unit=codes.MILLIMETER),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"RECIST 1.1 sum of diameters; response {response.category}"),
+        time_point_context=time_point,
+        method=codes.RECIST_1_1,
+        algorithm_id=provenance.sr_algorithm(),
+        measurements=measurements,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def no_findings_group(
+    *, provenance: Provenance, undetermined: bool = False, time_point: hd.sr.TimePointContext | None = None
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A group saying the node looked and found no lesion (or none it could encode)."""
+    value = codes.PRESENCE_UNDETERMINED if undetermined else codes.ABSENT
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="ainode: no lesion reported"),
+        time_point_context=time_point,
+        finding_type=codes.LESION,
+        algorithm_id=provenance.sr_algorithm(),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.FINDING, value=value)],
+    )
+
+
+def build_report(
+    source_images: Sequence[Dataset],
+    *,
+    groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
+    referenced_images: Sequence[Dataset],
+    provenance: Provenance,
+    segmentation: Dataset | None = None,
+    series_instance_uid: str | None = None,
+    series_number: int = SR_SERIES_NUMBER,
+) -> hd.sr.Comprehensive3DSR:
+    """Wrap measurement groups into a Comprehensive 3D SR, TID 1500 Imaging Measurement Report.
+
+    ``source_images`` are all analysed CT instances (the evidence); ``referenced_images`` the
+    key slices written into the Image Library.
+    """
+    if not source_images:
+        raise ValueError("source_images: at least one image is required")
+    if not groups:
+        raise ValueError("groups: a report needs at least one measurement group")
+    report = hd.sr.MeasurementReport(
+        observation_context=provenance.observer_context(),
+        procedure_reported=codes.CT_PROCEDURE,
+        imaging_measurements=list(groups),
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+        referenced_images=list(referenced_images) or None,
+    )
+    evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=provenance.manufacturer,
+        manufacturer_model_name=provenance.model_name,
+        software_versions=provenance.software_versions,
+        device_serial_number=provenance.device_serial_number,
+        series_description=SR_SERIES_DESCRIPTION,
+        is_complete=True,
+        is_final=True,
+    )
+    logger.info("SR %s: %d groups for study %s", sr.SOPInstanceUID, len(groups), sr.StudyInstanceUID)
+    return sr
+
+
+def tracking_of_groups(sr: Dataset) -> Mapping[str, str]:
+    """Tracking UID to tracking identifier of every TID 1501 group of a report read back."""
+    report = hd.sr.srread(sr) if not isinstance(sr, hd.sr.Comprehensive3DSR) else sr
+    groups = report.content.get_image_measurement_groups()
+    return {g.tracking_uid: g.tracking_identifier for g in groups if g.tracking_uid is not None}
