@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9702
 SR_SERIES_DESCRIPTION = "ainode lesion measurements"
+#: Tracking identifiers of study-level groups (response, no findings) start with this.
+STUDY_GROUP_PREFIX = "ainode study: "
 
 
 def image_coordinates(point: tuple[float, float]) -> tuple[float, float]:
@@ -95,6 +97,43 @@ def recist_group(
     )
 
 
+def referenced_segment(segmentation: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:
+    """Reference to one segment with its source images.
+
+    Unlike ``ReferencedSegment.from_segmentation`` this also reads a SEG whose segment
+    identification sits in the shared functional groups (a SEG with a single segment).
+    """
+    shared = segmentation.SharedFunctionalGroupsSequence[0]
+    default = shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber if "SegmentIdentificationSequence" in shared else None
+    sources: dict[str, hd.sr.SourceImageForSegmentation] = {}
+    for frame in segmentation.PerFrameFunctionalGroupsSequence:
+        number = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber if "SegmentIdentificationSequence" in frame else default
+        if number != segment_number:
+            continue
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                uid = str(source.ReferencedSOPInstanceUID)
+                if uid not in sources:
+                    sources[uid] = hd.sr.SourceImageForSegmentation(
+                        referenced_sop_class_uid=source.ReferencedSOPClassUID,
+                        referenced_sop_instance_uid=uid,
+                        referenced_frame_numbers=[int(source.ReferencedFrameNumber)] if "ReferencedFrameNumber" in source else None,
+                    )
+    if not sources:
+        raise ValueError(f"segment_number: no frame of the SEG holds segment {segment_number}")
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=segment_number,
+        source_images=list(sources.values()),
+    )
+
+
+def _tracking(identifier: str, uid: str | None) -> hd.sr.TrackingIdentifier:
+    """TID 4108 tracking identifier; a study-level group gets a fresh UID (TID 1501 needs one)."""
+    return hd.sr.TrackingIdentifier(uid=uid or hd.UID(), identifier=identifier)
+
+
 def volumetric_group(
     lesion: Lesion,
     segmentation: Dataset,
@@ -114,7 +153,7 @@ def volumetric_group(
     measurements.append(hd.sr.Measurement(name=codes.DETECTOR_SCORE, value=round(float(lesion.score), 6), unit=codes.UNITLESS))
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segment_number),
+        referenced_segment=referenced_segment(segmentation, segment_number),
         time_point_context=time_point,
         finding_type=codes.LESION,
         algorithm_id=provenance.sr_algorithm(),
@@ -131,7 +170,7 @@ def response_group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """A study-level TID 1501 group with the RECIST 1.1 sum of diameters and response category.
 
-    It carries a tracking identifier but no tracking UID, so viewers do not list it as a lesion.
+    Its tracking identifier starts with ``STUDY_GROUP_PREFIX`` so readers can tell it from lesions.
     """
     evaluations = []
     category = codes.RESPONSE_CATEGORIES.get(ResponseCategory(response.category))
@@ -141,7 +180,7 @@ def response_group(
         hd.sr.Measurement(name=codes.DIAMETER, value=round(response.sum_of_diameters_mm, 3), unit=codes.MILLIMETER),
     ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"RECIST 1.1 sum of diameters; response {response.category}"),
+        tracking_identifier=_tracking(f"{STUDY_GROUP_PREFIX}RECIST 1.1 sum of diameters; response {response.category}", None),
         time_point_context=time_point,
         method=codes.RECIST_1_1,
         algorithm_id=provenance.sr_algorithm(),
@@ -153,14 +192,18 @@ def response_group(
 def no_findings_group(
     *, provenance: Provenance, undetermined: bool = False, time_point: hd.sr.TimePointContext | None = None
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """A group saying the node looked and found no lesion (or none it could encode)."""
+    """A group saying the node looked and found no lesion (or none it could encode).
+
+    Written as the qualitative evaluation Lesion (52988006, SCT) = Absent (or Presence
+    Undetermined when lesions were found but none could be encoded).
+    """
     value = codes.PRESENCE_UNDETERMINED if undetermined else codes.ABSENT
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(identifier="ainode: no lesion reported"),
+        tracking_identifier=_tracking(f"{STUDY_GROUP_PREFIX}no lesion reported", None),
         time_point_context=time_point,
         finding_type=codes.LESION,
         algorithm_id=provenance.sr_algorithm(),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.FINDING, value=value)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.LESION, value=value)],
     )
 
 
@@ -211,7 +254,11 @@ def build_report(
 
 
 def tracking_of_groups(sr: Dataset) -> Mapping[str, str]:
-    """Tracking UID to tracking identifier of every TID 1501 group of a report read back."""
+    """Tracking UID to tracking identifier of every lesion's TID 1501 group in a report."""
     report = hd.sr.srread(sr) if not isinstance(sr, hd.sr.Comprehensive3DSR) else sr
     groups = report.content.get_image_measurement_groups()
-    return {g.tracking_uid: g.tracking_identifier for g in groups if g.tracking_uid is not None}
+    return {
+        g.tracking_uid: g.tracking_identifier
+        for g in groups
+        if g.tracking_uid is not None and not str(g.tracking_identifier).startswith(STUDY_GROUP_PREFIX)
+    }
