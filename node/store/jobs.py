@@ -83,12 +83,31 @@ class JobStore:
         self._db = db
         self._q = load_queries("jobs")
 
-    def enqueue(self, orthanc_study_id: str, study_instance_uid: str | None, *, max_attempts: int = 3) -> Enqueued:
+    def enqueue(
+        self,
+        orthanc_study_id: str,
+        study_instance_uid: str | None,
+        *,
+        max_attempts: int = 3,
+        last_update: str | None = None,
+    ) -> Enqueued | None:
+        """Queue a study (again). None when the study only changed by the node's own results.
+
+        ``last_update`` is Orthanc's LastUpdate of the study; when it equals the value the worker
+        recorded right after storing its results, the change is the node's own and is ignored.
+        """
         with self._db.connection() as conn:
             row = conn.execute(
                 self._q["enqueue"],
-                {"orthanc_study_id": orthanc_study_id, "study_instance_uid": study_instance_uid, "max_attempts": max_attempts},
+                {
+                    "orthanc_study_id": orthanc_study_id,
+                    "study_instance_uid": study_instance_uid,
+                    "max_attempts": max_attempts,
+                    "last_update": last_update,
+                },
             ).fetchone()
+            if row is None:
+                return None
             message = "received" if row["created"] else "received again: re-queued"
             conn.execute(self._q["add_event"], {"job_id": row["id"], "state": "queued", "message": message})
         return Enqueued(job_id=row["id"], generation=row["generation"], created=row["created"])
@@ -151,6 +170,10 @@ class JobStore:
                     {"job_id": job.id, "state": "queued", "message": f"retry in {delay_seconds:.0f} s: {reason}"},
                 )
         return row is not None
+
+    def mark_results_stored(self, job: Job, last_update: str | None) -> None:
+        with self._db.connection() as conn:
+            conn.execute(self._q["mark_results_stored"], {"id": job.id, "last_update": last_update})
 
     def requeue(self, job_id: int) -> bool:
         with self._db.connection() as conn:

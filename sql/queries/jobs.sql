@@ -11,6 +11,8 @@ on conflict (orthanc_study_id) do update
        run_after = now(),
        reason = null,
        updated_at = now()
+ where jobs.results_last_update is distinct from %(last_update)s
+    or %(last_update)s::text is null
 returning id, generation, (xmax = 0) as created;
 
 -- name: fail_exhausted
@@ -93,3 +95,6 @@ update jobs
        lease_owner = null, lease_expires_at = null, updated_at = now()
  where id = %(id)s
 returning id, generation;
+
+-- name: mark_results_stored
+update jobs set results_last_update = %(last_update)s, updated_at = now() where id = %(id)s;

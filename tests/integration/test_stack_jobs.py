@@ -71,3 +71,14 @@ def test_retry_later_then_requeue(jobs: JobStore) -> None:
     assert jobs.get(job.id).reason == "triton down"
     assert jobs.requeue(job.id)
     assert jobs.claim("w1", lease_seconds=60) is not None
+
+
+def test_own_results_do_not_requeue(jobs: JobStore) -> None:
+    jobs.enqueue("orthanc-5", "1.2.7", last_update="20260101T000000")
+    job = jobs.claim("w1", lease_seconds=60)
+    jobs.mark_results_stored(job, "20260101T000009")
+    assert jobs.finish(job, "w1", JobState.DONE)
+    assert jobs.enqueue("orthanc-5", "1.2.7", last_update="20260101T000009") is None
+    assert jobs.get(job.id).state is JobState.DONE
+    assert jobs.enqueue("orthanc-5", "1.2.7", last_update="20260101T000100") is not None
+    assert jobs.get(job.id).state is JobState.QUEUED
