@@ -1,0 +1,91 @@
+"""The synthetic phantom: determinism, geometry, lesion truth and DICOM validity."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from node.lesions.records import LesionType
+from node.synth.phantom import ScanParams, synthesize_study
+from node.synth.truth import ORGAN_LABELS
+from node.synth.writer import write_ct_series
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy (Debian package dicom3tools) is needed")
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def study():
+    return synthesize_study(3, 0, scan=ScanParams.small())
+
+
+def test_small_study_shapes_and_identifiers(study):
+    n, r, c = study.hu.shape
+    assert (r, c) == (128, 128) and 60 <= n <= 200
+    assert study.hu.dtype == np.int16
+    assert study.organ_labels.shape == study.hu.shape and study.organ_labels.dtype == np.uint8
+    assert study.lesion_labels.shape == study.hu.shape and study.lesion_labels.dtype == np.uint16
+    assert study.patient_id == "SYN0003"
+    assert study.spacing == (5.0, 3.3, 3.3)
+    assert np.allclose(study.slice_z()[1] - study.slice_z()[0], 5.0)
+
+
+def test_same_seed_same_study_and_follow_up_differs(study):
+    again = synthesize_study(3, 0, scan=ScanParams.small())
+    assert np.array_equal(again.hu, study.hu)
+    assert again.study_instance_uid == study.study_instance_uid
+    later = synthesize_study(3, 1, scan=ScanParams.small())
+    assert later.study_instance_uid != study.study_instance_uid
+    assert later.study_date > study.study_date
+    assert later.pose != study.pose
+    tracks = {lesion.track_id for lesion in study.lesions} & {lesion.track_id for lesion in later.lesions}
+    assert tracks, "follow-up shares no lesion track with the baseline"
+
+
+def test_hu_of_organs_is_plausible(study):
+    def median(name):
+        return float(np.median(study.hu[study.organ_labels == ORGAN_LABELS[name]]))
+
+    assert -920 < median("lung") < -700
+    assert 80 < median("liver") < 140
+    assert median("spine") > 150
+    assert -140 < median("subcutaneous_fat") < -60
+    assert median("background") < -900
+
+
+def test_lesion_truth_matches_its_mask(study):
+    assert study.lesions
+    for lesion in study.lesions:
+        mask = study.lesion_mask(lesion)
+        assert mask.any()
+        counts = mask.sum(axis=(1, 2))
+        assert counts[lesion.key_slice] == counts.max()
+        assert 3.0 <= lesion.long_axis_mm <= 110.0
+        assert lesion.short_axis_mm <= lesion.long_axis_mm
+        (c0, r0), (c1, r1) = lesion.long_axis_endpoints
+        length = np.hypot((c1 - c0) * study.spacing[2], (r1 - r0) * study.spacing[1])
+        assert length == pytest.approx(lesion.long_axis_mm, rel=1e-6)
+        assert isinstance(lesion.lesion_type, LesionType)
+        box = lesion.box
+        assert box[0] < box[2] and box[1] < box[3]
+        assert lesion.volume_mm3 > 0
+
+
+def test_written_series_is_a_valid_ct_image(tmp_path: Path):
+    study = synthesize_study(5, 1, scan=ScanParams(rows=256, columns=256, num_slices=4))
+    paths = write_ct_series(study, tmp_path)
+    assert len(paths) == 4
+    ds = pydicom.dcmread(paths[0])
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert np.array_equal(hu.astype(np.int16), study.hu[0])
+    assert ds.ImagePositionPatient[2] == pytest.approx(study.slice_z()[0], abs=1e-3)
+    assert dciodvfy_errors(paths[0]) == []
