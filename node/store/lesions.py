@@ -34,7 +34,7 @@ __all__ = ["EMBEDDING_DIM", "LesionStore", "StudyPatientConflict", "StudyTrackin
 
 EMBEDDING_DIM = 64
 NO_EMBEDDING = "no_embedding"
-DEFAULT_EF_SEARCH = 100
+DEFAULT_EF_SEARCH = 200
 
 
 class StudyPatientConflict(RuntimeError):
@@ -171,7 +171,7 @@ class LesionStore:
             replace(lesion, tracking_id=tracks[row_id][1], tracking_uid=tracks[row_id][0])
             for lesion, row_id in zip(lesions, lesion_ids, strict=True)
         ]
-        logger.info(
+        logger.debug(
             "recorded study %s: %d lesions, %d without embedding, %s",
             study_instance_uid, len(out), sum(e is None for e in embeddings), time_points[study_id],
         )
@@ -406,6 +406,16 @@ class LesionStore:
             with conn.cursor().copy("copy embeddings (lesion_id, patient_id, lesion_type, long_axis_mm, embedding) from stdin") as copy:
                 copy.write(buf.getvalue())
         return n
+
+    def rebuild_embedding_index(self, *, drop: bool, maintenance_work_mem: str = "1GB") -> None:
+        """Drop the HNSW index before a bulk load (``drop=True``) and build it after (``drop=False``)."""
+        with self.db.connection() as conn, conn.transaction():
+            if drop:
+                conn.execute(_q()["drop_embedding_index"])
+                return
+            conn.execute("select set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+            conn.execute(_q()["create_embedding_index"])
+            conn.execute("analyze embeddings")
 
     # -- reading -----------------------------------------------------------------------------
 

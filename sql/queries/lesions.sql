@@ -173,3 +173,11 @@ select e.lesion_id, e.embedding <-> %(query)s::vector as distance
 
 -- name: set_ef_search
 select set_config('hnsw.ef_search', %(ef_search)s, true);
+
+-- name: drop_embedding_index
+-- Bulk loads: drop the HNSW index, COPY, then build it once (much faster than row by row).
+drop index if exists embeddings_hnsw;
+
+-- name: create_embedding_index
+-- The same definition as migration 010.
+create index if not exists embeddings_hnsw on embeddings using hnsw (embedding vector_l2_ops);
