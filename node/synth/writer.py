@@ -218,8 +218,9 @@ def _write_enhanced(
     ds.DeviceSerialNumber = "0"
     n = study.hu.shape[0]
     ds.NumberOfFrames = n
-    ds.ContentQualification = "RESEARCH"
     ds.BitsStored = 16
+    ds.AcquisitionDuration = 0.5 * n
+    ds.AcquisitionContextSequence = Sequence([])
 
     dim_uid = generate_uid(entropy_srcs=[study.series_instance_uid, "dimension"])
     dim_org = Dataset()
@@ -258,28 +259,73 @@ def _write_enhanced(
     shared.CTImageFrameTypeSequence = Sequence([ftype])
     acq = Dataset()
     acq.AcquisitionType = "SPIRAL"
-    acq.TubeAngle = 0.0
     acq.ConstantVolumeFlag = "NO"
     acq.FluoroscopyFlag = "NO"
     shared.CTAcquisitionTypeSequence = Sequence([acq])
+    fov = float(study.hu.shape[2] * study.spacing[2])
+    details = Dataset()
+    details.DataCollectionDiameter = _fmt(fov)
+    details.GantryDetectorTilt = "0"
+    details.TableHeight = _fmt(study.table_height_mm)
+    details.RotationDirection = "CW"
+    details.RevolutionTime = 0.5
+    details.SingleCollimationWidth = 0.625
+    details.TotalCollimationWidth = 40.0
+    details.SpiralPitchFactor = 0.984
+    shared.CTAcquisitionDetailsSequence = Sequence([details])
+    table = Dataset()
+    table.TableSpeed = 78.7
+    table.TableFeedPerRotation = 39.4
+    table.SpiralPitchFactor = 0.984
+    shared.CTTableDynamicsSequence = Sequence([table])
     recon = Dataset()
     recon.ReconstructionAlgorithm = "FILTER_BACK_PROJ"
     recon.ConvolutionKernel = "STANDARD"
     recon.ConvolutionKernelGroup = "SOFT_TISSUE"
-    fov = float(study.hu.shape[2] * study.spacing[2])
     recon.ReconstructionDiameter = _fmt(fov)
-    recon.ReconstructionFieldOfView = [fov, fov]
     recon.ReconstructionPixelSpacing = [float(study.spacing[1]), float(study.spacing[2])]
     recon.ReconstructionAngle = 360.0
     recon.ImageFilter = "NONE"
     shared.CTReconstructionSequence = Sequence([recon])
     expo = Dataset()
     expo.KVP = _fmt(study.kvp)
+    expo.FocalSpots = ["1.2"]
+    expo.FilterType = "BODY"
+    expo.FilterMaterial = "ALUMINUM"
     shared.CTXRayDetailsSequence = Sequence([expo])
+    exposure = Dataset()
+    exposure.ExposureTimeInms = 500.0
+    exposure.XRayTubeCurrentInmA = 200.0
+    exposure.ExposureInmAs = 100.0
+    exposure.CTDIvol = 8.0
+    exposure.ExposureModulationType = "NONE"
+    shared.CTExposureSequence = Sequence([exposure])
     geom = Dataset()
     geom.DistanceSourceToIsocenter = 541.0
     geom.DistanceSourceToDataCollectionCenter = 949.0
+    geom.DistanceSourceToDetector = 949.0
     shared.CTGeometrySequence = Sequence([geom])
+    anatomy = Dataset()
+    region = Dataset()
+    region.CodeValue = (
+        "818981001"
+        if study.coverage == "abdomen"
+        else "43799004"
+        if study.coverage == "chest"
+        else "416775004"
+    )
+    region.CodingSchemeDesignator = "SCT"
+    region.CodeMeaning = {"818981001": "Abdomen", "43799004": "Chest"}.get(
+        region.CodeValue, "Chest, Abdomen and Pelvis"
+    )
+    anatomy.AnatomicRegionSequence = Sequence([region])
+    anatomy.FrameLaterality = "U"
+    shared.FrameAnatomySequence = Sequence([anatomy])
+    irradiation = Dataset()
+    irradiation.IrradiationEventUID = generate_uid(
+        entropy_srcs=[study.series_instance_uid, "irradiation"]
+    )
+    shared.IrradiationEventIdentificationSequence = Sequence([irradiation])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     del ds.KVP
     del ds.SliceThickness
@@ -292,6 +338,11 @@ def _write_enhanced(
             _fmt(v) for v in (study.affine @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
         ]
         fg.PlanePositionSequence = Sequence([pos])
+        ctpos = Dataset()
+        ctpos.TablePosition = float(pos.ImagePositionPatient[2])
+        ctpos.ReconstructionTargetCenterPatient = [0.0, 0.0, float(pos.ImagePositionPatient[2])]
+        ctpos.DataCollectionCenterPatient = [0.0, 0.0, float(pos.ImagePositionPatient[2])]
+        fg.CTPositionSequence = Sequence([ctpos])
         content = Dataset()
         content.DimensionIndexValues = [k + 1]
         content.FrameAcquisitionDateTime = study.study_date + study.study_time
