@@ -74,12 +74,10 @@ class PluginApp:
         if self._routes is None:
             routes = [Route(method="GET", pattern=r"/ainode/health", handler=self._health)]
             routes += job_routes(self.jobs(), enqueue_study=self._enqueue_by_id)
-            try:
-                from node.lesions.api import routes as lesion_routes
-            except ImportError:
-                lesion_routes = None
-            if lesion_routes is not None:
-                routes += lesion_routes(self._db)
+            from node.lesions.api import lesion_routes
+            from node.store.lesions import LesionStore
+
+            routes += lesion_routes(LesionStore(self._db))
             self._routes = routes
         return self._routes
 
