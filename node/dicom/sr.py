@@ -98,34 +98,21 @@ def recist_group(
 
 
 def referenced_segment(segmentation: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:
-    """Reference to one segment with its source images.
+    """Reference to one segment of a SEG, with the SEG's source series.
 
-    Unlike ``ReferencedSegment.from_segmentation`` this also reads a SEG whose segment
-    identification sits in the shared functional groups (a SEG with a single segment).
+    The source series (not every source image of every frame) keeps the report small; the SEG
+    itself lists the frames' source images.
     """
-    shared = segmentation.SharedFunctionalGroupsSequence[0]
-    default = shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber if "SegmentIdentificationSequence" in shared else None
-    sources: dict[str, hd.sr.SourceImageForSegmentation] = {}
-    for frame in segmentation.PerFrameFunctionalGroupsSequence:
-        number = frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber if "SegmentIdentificationSequence" in frame else default
-        if number != segment_number:
-            continue
-        for derivation in frame.get("DerivationImageSequence", []):
-            for source in derivation.get("SourceImageSequence", []):
-                uid = str(source.ReferencedSOPInstanceUID)
-                if uid not in sources:
-                    sources[uid] = hd.sr.SourceImageForSegmentation(
-                        referenced_sop_class_uid=source.ReferencedSOPClassUID,
-                        referenced_sop_instance_uid=uid,
-                        referenced_frame_numbers=[int(source.ReferencedFrameNumber)] if "ReferencedFrameNumber" in source else None,
-                    )
-    if not sources:
-        raise ValueError(f"segment_number: no frame of the SEG holds segment {segment_number}")
+    numbers = [int(item.SegmentNumber) for item in segmentation.SegmentSequence]
+    if segment_number not in numbers:
+        raise ValueError(f"segment_number: the SEG has no segment {segment_number}")
     return hd.sr.ReferencedSegment(
         sop_class_uid=segmentation.SOPClassUID,
         sop_instance_uid=segmentation.SOPInstanceUID,
         segment_number=segment_number,
-        source_images=list(sources.values()),
+        source_series=hd.sr.SourceSeriesForSegmentation(
+            segmentation.ReferencedSeriesSequence[0].SeriesInstanceUID
+        ),
     )
 
 
