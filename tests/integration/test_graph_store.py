@@ -156,3 +156,18 @@ def test_migrations_are_idempotent_and_keep_data(store: LesionStore, fresh_datab
     record(store, "p7", "8.1", 0, [lesion(0, 0, 30)])
     assert migrate(fresh_database_url) == []
     assert store.patient_tracks("p7")["tracks"][0]["tracking_id"] == "L1"
+
+
+def test_similar_query_can_use_the_hnsw_index(store: LesionStore, fresh_database_url: str) -> None:
+    from node.store.db import load_queries
+    from node.store.lesions import vector_text
+
+    record(store, "q9", "9.9", 0, [lesion(0, 0, 30)])
+    params = {"query": vector_text(CENTRES[0]), "exclude_patient_id": None, "lesion_type": "liver", "site": None,
+              "min_mm": 10.0, "max_mm": None, "k": 10}
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("set enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute("explain " + load_queries("lesions")["similar_hnsw"], params))
+        assert "embeddings_hnsw" in plan
+        exact = "\n".join(r[0] for r in conn.execute("explain " + load_queries("lesions")["similar_exact"], params))
+        assert "embeddings_hnsw" not in exact
