@@ -396,21 +396,10 @@ def assemble_volumes(datasets: Sequence[Dataset]) -> IngestResult:
         if not groups and not localizers and not no_pixels and not missing_geometry:
             problems.append(_err("", "no-ct-series", f"no CT image series: found {summary}"))
         else:
-            problems.append(
-                _warn("", "non-ct-ignored", f"ignored objects that are not CT images: {summary}")
-            )
-    elif not volumes and not any(p.is_error for p in problems):
-        problems.append(
-            _err(
-                "",
-                "no-ct-series",
-                "no CT image series: found no image objects"
-                if not datasets
-                else "no CT image series with a usable stack",
-            )
-        )
-    elif not volumes and not groups:
-        problems.append(_err("", "no-ct-series", "no CT image series with a usable stack"))
+            problems.append(_warn("", "non-ct-ignored", f"ignored objects that are not CT images: {summary}"))
+    if not volumes and not any(p.is_error for p in problems):
+        found = "found no DICOM objects" if not datasets else "no usable CT stack"
+        problems.append(_err("", "no-ct-series", f"no CT image series: {found}"))
     for p in problems:
         logger.debug("%s", p)
     return IngestResult(volumes=volumes, problems=problems, stacks=stacks)
