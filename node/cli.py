@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for noisy in ("pgserver", "pynetdicom", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         from pathlib import Path
 

@@ -71,12 +71,12 @@ class PluginApp:
             return self._jobs
 
     def routes(self) -> list[Route]:
+        from node.lesions.api import lesion_routes
+        from node.store.lesions import LesionStore
+
         if self._routes is None:
             routes = [Route(method="GET", pattern=r"/ainode/health", handler=self._health)]
             routes += job_routes(self.jobs(), enqueue_study=self._enqueue_by_id)
-            from node.lesions.api import lesion_routes
-            from node.store.lesions import LesionStore
-
             routes += lesion_routes(LesionStore(self._db))
             self._routes = routes
         return self._routes
@@ -172,6 +172,11 @@ def register(orthanc: Any, config: Mapping[str, Any]) -> PluginApp:
     node_logger.setLevel(logging.INFO)
     node_logger.addHandler(OrthancLogHandler(orthanc))
     node_logger.propagate = False
+    # Extension modules (numpy, Pillow) are imported here, on Orthanc's main thread: a first
+    # import from an HTTP thread of the embedded interpreter crashed Orthanc.
+    import node.lesions.api  # noqa: F401
+    import node.store.lesions  # noqa: F401
+
     app = PluginApp(orthanc, config)
     orthanc.RegisterOnChangeCallback(app.on_change)
     orthanc.RegisterRestCallback("/ainode/.*", app.on_rest)
