@@ -42,6 +42,7 @@ _SOP_NAMES = {
     "1.2.840.10008.1.3.10": "DICOMDIR",
 }
 GAP_FACTOR = 1.5
+_DEFER = 64 * 1024
 SPACING_TOLERANCE = 0.05  # relative
 TILT_TOLERANCE_DEG = 0.5
 
@@ -92,10 +93,14 @@ class IngestResult:
         return "; ".join(p.message for p in errors) or "no DICOM instances"
 
 
-def read_datasets(paths: Iterable[Path]) -> tuple[list[Dataset], list[Problem]]:
+def read_datasets(
+    paths: Iterable[Path], *, defer_pixels: bool = True
+) -> tuple[list[Dataset], list[Problem]]:
     """Read every DICOM file under ``paths`` (files or folders, recursively).
 
     Files that are not DICOM or cannot be parsed are skipped and reported; nothing raises.
+    With ``defer_pixels`` pixel data stays on disk until used (pydicom reads it on access;
+    ``assemble_volumes`` reads uncompressed frames straight into the volume).
     """
     datasets: list[Dataset] = []
     problems: list[Problem] = []
@@ -108,7 +113,7 @@ def read_datasets(paths: Iterable[Path]) -> tuple[list[Dataset], list[Problem]]:
             files.append(path)
     for path in files:
         try:
-            datasets.append(pydicom.dcmread(path))
+            datasets.append(pydicom.dcmread(path, defer_size=_DEFER if defer_pixels else None))
         except InvalidDicomError:
             problems.append(
                 Problem(
@@ -269,13 +274,30 @@ def _native_pixels(ds: Dataset, frame: int) -> np.ndarray | None:
     return arr
 
 
+def _read_deferred(ds: Dataset, frame: int, out: np.ndarray) -> bool:
+    """Read deferred uncompressed 16-bit pixels from the file straight into ``out``."""
+    if frame > 0 or ds.get("BitsAllocated") != 16 or int(ds.get("BitsStored", 16)) != 16:
+        return False
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _NATIVE or not ds.filename:
+        return False
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
+    if elem is None or getattr(elem, "value", b"") is not None or elem.length != out.nbytes:
+        return False
+    with open(ds.filename, "rb") as fh:
+        fh.seek(elem.value_tell)
+        return fh.readinto(memoryview(out).cast("B")) == out.nbytes
+
+
 class _PixelCache:
     """Decoded multi-frame arrays, so a multi-frame instance is decoded once."""
 
     def __init__(self) -> None:
         self._frames: dict[int, np.ndarray] = {}
 
-    def get(self, s: _Slice) -> np.ndarray:
+    def get(self, s: _Slice, out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None and _read_deferred(s.ds, s.frame, out):
+            return out
         fast = _native_pixels(s.ds, s.frame)
         if fast is not None:
             return fast
@@ -396,7 +418,9 @@ def assemble_volumes(datasets: Sequence[Dataset]) -> IngestResult:
         if not groups and not localizers and not no_pixels and not missing_geometry:
             problems.append(_err("", "no-ct-series", f"no CT image series: found {summary}"))
         else:
-            problems.append(_warn("", "non-ct-ignored", f"ignored objects that are not CT images: {summary}"))
+            problems.append(
+                _warn("", "non-ct-ignored", f"ignored objects that are not CT images: {summary}")
+            )
     if not volumes and not any(p.is_error for p in problems):
         found = "found no DICOM objects" if not datasets else "no usable CT stack"
         problems.append(_err("", "no-ct-series", f"no CT image series: {found}"))
@@ -543,19 +567,17 @@ def _assemble_stack(
 
     try:
         pixels = np.empty((n, first.rows, first.columns), dtype=np.float32)
-        uniform = len({(s.slope, s.intercept) for s in slices}) == 1
+        buffers = {
+            0: np.empty((first.rows, first.columns), "<u2"),
+            1: np.empty((first.rows, first.columns), "<i2"),
+        }
         for k, s in enumerate(slices):
-            raw = cache.get(s)
-            if uniform:
-                pixels[k] = raw
+            raw = cache.get(s, buffers[int(s.ds.get("PixelRepresentation", 0))])
+            if s.slope == 1.0:
+                np.add(raw, np.float32(s.intercept), out=pixels[k], casting="unsafe")
             else:
-                pixels[k] = raw * np.float32(s.slope) + np.float32(s.intercept)
-        if uniform:
-            slope, intercept = slices[0].slope, slices[0].intercept
-            if slope != 1.0:
-                pixels *= np.float32(slope)
-            if intercept != 0.0:
-                pixels += np.float32(intercept)
+                np.multiply(raw, np.float32(s.slope), out=pixels[k], casting="unsafe")
+                pixels[k] += np.float32(s.intercept)
     except Exception as exc:
         ts = getattr(getattr(first.ds, "file_meta", None), "TransferSyntaxUID", None)
         name = UID(str(ts)).name if ts else "unknown transfer syntax"
