@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", type=int, default=200_000, help="embeddings stored for retrieval (default 200000; the issue's size is 1000000)")
     parser.add_argument("--queries", type=int, default=200, help="retrieval queries (default 200)")
     parser.add_argument("--studies", type=int, default=300, help="studies recorded for the insert throughput (default 300)")
-    parser.add_argument("--ef-search", type=int, default=200, help="HNSW ef_search (default 200)")
+    parser.add_argument("--ef-search", type=int, default=500, help="HNSW ef_search (default 500: recall@10 0.97 at 200k)")
     parser.add_argument("--skip-retrieval", action="store_true", help="only matching and inserts")
     parser.add_argument("--seed", type=int, default=0)
 

@@ -34,7 +34,7 @@ __all__ = ["EMBEDDING_DIM", "LesionStore", "StudyPatientConflict", "StudyTrackin
 
 EMBEDDING_DIM = 64
 NO_EMBEDDING = "no_embedding"
-DEFAULT_EF_SEARCH = 200
+DEFAULT_EF_SEARCH = 500
 
 
 class StudyPatientConflict(RuntimeError):
