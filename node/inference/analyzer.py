@@ -1,0 +1,397 @@
+"""From a CT volume to measured lesions: body-part scores, detection, segmentation, embedding.
+
+``Analyzer(backend).analyze(volume)`` runs the four models through any ``InferenceBackend``
+and returns an ``Analysis``. A volume the models were not trained for gets
+``not_analysed = "reason"`` and no lesions, rather than guesses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from node.imaging.volume import Volume
+from node.inference import preprocess as pp
+from node.inference.backend import InferenceBackend
+from node.inference.recist import measure_recist
+from node.lesions.records import Lesion, LesionType
+
+logger = logging.getLogger(__name__)
+
+LESION_TYPES: tuple[LesionType, ...] = tuple(LesionType)  # model class order
+SSBR_SCORE_SCALE = 10.0  # body-part scores are divided by this for the embedder's z cue
+
+MIN_ROWS = 64
+MIN_FOV_MM = 120.0
+MIN_EXTENT_MM = 16.0
+MAX_SLICE_MM = 5.0
+PIXEL_MM_RANGE = (0.4, 1.6)
+MAX_FOV_MM = 600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    """What the models found in one volume."""
+
+    lesions: list[Lesion]
+    body_part_scores: np.ndarray
+    not_analysed: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    model_versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Detection:
+    """One detector peak on one canvas slice (canvas pixel coordinates, sizes in mm)."""
+
+    k: int
+    row: float
+    col: float
+    height_mm: float
+    width_mm: float
+    score: float
+    type_index: int
+
+
+def check_volume(volume: Volume) -> str | None:
+    """Why ``volume`` cannot be analysed by these models, or None when it can."""
+    if volume.pixels.ndim != 3:
+        return f"not a 3D stack (shape {volume.pixels.shape})"
+    n, rows, cols = volume.pixels.shape
+    ss, rs, cs = volume.spacing
+    if rows < MIN_ROWS or cols < MIN_ROWS:
+        return f"volume too small: {rows}x{cols} pixels (need at least {MIN_ROWS}x{MIN_ROWS})"
+    if min(rows * rs, cols * cs) < MIN_FOV_MM:
+        return f"volume too small: field of view {rows * rs:.0f}x{cols * cs:.0f} mm (need {MIN_FOV_MM:.0f} mm)"
+    if max(rows * rs, cols * cs) > MAX_FOV_MM:
+        return f"outside the trained range: field of view {max(rows * rs, cols * cs):.0f} mm (at most {MAX_FOV_MM:.0f} mm)"
+    if n < 3 or (n - 1) * ss < MIN_EXTENT_MM:
+        return f"volume too thin: {n} slices covering {(n - 1) * ss:.1f} mm (need {MIN_EXTENT_MM:.0f} mm)"
+    if ss <= 0 or ss > MAX_SLICE_MM:
+        return f"outside the trained range: slice spacing {ss:.2f} mm (need 0-{MAX_SLICE_MM:.0f} mm)"
+    if not (PIXEL_MM_RANGE[0] <= rs <= PIXEL_MM_RANGE[1] and PIXEL_MM_RANGE[0] <= cs <= PIXEL_MM_RANGE[1]):
+        return f"outside the trained range: pixel spacing {rs:.2f}x{cs:.2f} mm (need {PIXEL_MM_RANGE[0]}-{PIXEL_MM_RANGE[1]} mm)"
+    normal = volume.affine[:3, 2] / max(np.linalg.norm(volume.affine[:3, 2]), 1e-9)
+    if abs(normal[2]) < 0.9:
+        return "outside the trained range: not an axial stack"
+    sample = volume.pixels[:: max(1, n // 8), ::4, ::4]
+    lo, hi = np.percentile(sample, [1, 99])
+    if hi < -200 or hi - lo < 200 or lo < -3000 or hi > 10000:
+        return f"outside the trained range: pixel values {lo:.0f}..{hi:.0f} do not look like CT in HU"
+    return None
+
+
+def decode_detections(
+    k0: int,
+    heatmap: np.ndarray,
+    size: np.ndarray,
+    offset: np.ndarray,
+    threshold: float,
+    *,
+    per_slice: int = 10,
+) -> list[Detection]:
+    """Peaks of a detector output batch (B, 8, H, W) starting at canvas slice ``k0``."""
+    peak = heatmap.max(axis=1)
+    local_max = ndimage.maximum_filter(peak, size=(1, 3, 3), mode="constant") == peak
+    b_idx, i_idx, j_idx = np.nonzero(local_max & (peak >= threshold))
+    out = []
+    # At most ``per_slice`` peaks per slice, best first.
+    order = np.lexsort((-peak[b_idx, i_idx, j_idx], b_idx))
+    b_idx, i_idx, j_idx = b_idx[order], i_idx[order], j_idx[order]
+    rank = np.arange(len(b_idx)) - np.searchsorted(b_idx, b_idx)
+    keep = rank < per_slice
+    for b, i, j in zip(b_idx[keep], i_idx[keep], j_idx[keep], strict=True):
+        h_mm = float(np.clip(size[b, 0, i, j], pp.MIN_LESION_MM, pp.MAX_LESION_MM))
+        w_mm = float(np.clip(size[b, 1, i, j], pp.MIN_LESION_MM, pp.MAX_LESION_MM))
+        out.append(
+            Detection(
+                k=k0 + int(b),
+                row=(i + float(offset[b, 0, i, j])) * pp.HEATMAP_STRIDE,
+                col=(j + float(offset[b, 1, i, j])) * pp.HEATMAP_STRIDE,
+                height_mm=h_mm,
+                width_mm=w_mm,
+                score=float(peak[b, i, j]),
+                type_index=int(np.argmax(heatmap[b, :, i, j])),
+            )
+        )
+    return out
+
+
+def group_detections(detections: list[Detection], *, slice_gap: int = 2) -> list[list[Detection]]:
+    """Greedy 3D grouping: the same lesion seen on neighbouring canvas slices becomes one group.
+
+    Groups are returned best first; each group's first detection is its key.
+    """
+    groups: list[list[Detection]] = []
+    for d in sorted(detections, key=lambda d: -d.score):
+        for g in groups:
+            key = g[0]
+            ks = [x.k for x in g]
+            if min(ks) - slice_gap <= d.k <= max(ks) + slice_gap:
+                radius = max(key.height_mm, key.width_mm, 6.0) / 2.0 / pp.CANVAS_MM
+                if np.hypot(d.row - key.row, d.col - key.col) <= radius:
+                    g.append(d)
+                    break
+        else:
+            groups.append([d])
+    return groups
+
+
+class Analyzer:
+    """Runs the four lesion models on a volume through ``backend``.
+
+    Parameters
+    ----------
+    backend:
+        Any ``InferenceBackend`` (Triton or in-process ONNX Runtime).
+    detection_threshold:
+        Minimum detector score of a lesion's key peak.
+    max_lesions:
+        At most this many lesions per volume, best first.
+    """
+
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        *,
+        detection_threshold: float = 0.5,
+        max_lesions: int = 30,
+        detector_batch: int = 8,
+    ) -> None:
+        if not 0.0 < detection_threshold < 1.0:
+            raise ValueError(f"detection_threshold: must be in (0, 1), got {detection_threshold}")
+        if max_lesions < 1:
+            raise ValueError(f"max_lesions: must be at least 1, got {max_lesions}")
+        self.backend = backend
+        self.detection_threshold = detection_threshold
+        self.max_lesions = max_lesions
+        self.detector_batch = detector_batch
+
+    def analyze(self, volume: Volume) -> Analysis:
+        """Find, segment, measure and embed the lesions of ``volume``."""
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        versions = self.backend.model_versions()
+        reason = check_volume(volume)
+        if reason is not None:
+            logger.info("series %s not analysed: %s", volume.series_instance_uid, reason)
+            return Analysis(
+                lesions=[],
+                body_part_scores=np.zeros(volume.pixels.shape[0] if volume.pixels.ndim == 3 else 0, np.float32),
+                not_analysed=reason,
+                timings=timings,
+                model_versions=versions,
+            )
+
+        t = time.perf_counter()
+        canvas = pp.make_canvas(volume.pixels, volume.spacing)
+        timings["preprocess"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        canvas_scores = self.backend.infer("body_part_regressor", {"image": pp.ssbr_inputs(canvas)})["score"][:, 0]
+        n = volume.pixels.shape[0]
+        positions = np.arange(canvas.pixels.shape[0]) * canvas.slice_step
+        body_part_scores = np.interp(np.arange(n), positions, canvas_scores).astype(np.float32)
+        timings["body_part"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        detections: list[Detection] = []
+        keys = np.arange(canvas.pixels.shape[0])
+        for start in range(0, len(keys), self.detector_batch):
+            batch = keys[start : start + self.detector_batch]
+            out = self.backend.infer("lesion_detector", {"image": pp.detector_inputs(canvas, batch)})
+            detections += decode_detections(
+                int(batch[0]), out["heatmap"], out["size"], out["offset"], self.detection_threshold * 0.6
+            )
+        groups = [
+            g
+            for g in group_detections(detections)
+            if g[0].score >= self.detection_threshold and _inside(volume, canvas, g[0])
+        ]
+        groups = groups[: self.max_lesions]
+        timings["detect"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        segmented = [self._segment(volume, canvas, g) for g in groups]
+        timings["segment"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        lesions = self._embed(volume, canvas, segmented, body_part_scores)
+        timings["embed"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        logger.info(
+            "series %s: %d lesions in %.1f s", volume.series_instance_uid, len(lesions), timings["total"]
+        )
+        return Analysis(
+            lesions=lesions,
+            body_part_scores=body_part_scores,
+            not_analysed=None,
+            timings=timings,
+            model_versions=versions,
+        )
+
+    def _segment(self, volume: Volume, canvas: pp.Canvas, group: list[Detection]) -> dict:
+        key = group[0]
+        ss, rs, cs = volume.spacing
+        n, rows, cols = volume.pixels.shape
+        kv, rv, cv = canvas.to_volume(key.k, key.row, key.col)
+        key_slice = int(np.clip(round(kv), 0, n - 1))
+        size_mm = max(key.height_mm, key.width_mm)
+        side = pp.crop_geometry(size_mm)
+        reach = int(np.ceil(0.75 * size_mm / ss)) + 1
+        slices = np.arange(max(0, key_slice - reach), min(n, key_slice + reach + 1))
+        crops = np.stack(
+            [pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(s), center_rc=(rv, cv), side_mm=side) for s in slices]
+        )
+        probs = self.backend.infer("lesion_segmenter", {"image": crops})["mask"][:, 0]
+        # Map crop pixels back to the volume window covered by the crop.
+        px = side / pp.CROP_SIZE
+        half_r = side / 2.0 / rs
+        half_c = side / 2.0 / cs
+        r0, r1 = max(0, int(np.floor(rv - half_r))), min(rows, int(np.ceil(rv + half_r)) + 1)
+        c0, c1 = max(0, int(np.floor(cv - half_c))), min(cols, int(np.ceil(cv + half_c)) + 1)
+        ii = (np.arange(r0, r1) - rv) * rs / px + (pp.CROP_SIZE - 1) / 2.0
+        jj = (np.arange(c0, c1) - cv) * cs / px + (pp.CROP_SIZE - 1) / 2.0
+        grid = np.stack(np.meshgrid(ii, jj, indexing="ij"))
+        local = np.zeros((len(slices), r1 - r0, c1 - c0), dtype=bool)
+        for m, prob in enumerate(probs):
+            local[m] = ndimage.map_coordinates(prob, grid, order=1, mode="constant", cval=0.0) >= 0.5
+        centre = (int(np.clip(round(rv), r0, r1 - 1)) - r0, int(np.clip(round(cv), c0, c1 - 1)) - c0)
+        key_m = key_slice - int(slices[0])
+        mask = np.zeros_like(local)
+        mask[key_m] = _component_near(local[key_m], centre)
+        # Propagate outwards: keep components overlapping the neighbour slice's mask.
+        for direction in (1, -1):
+            m = key_m + direction
+            while 0 <= m < len(slices) and mask[m - direction].any():
+                labels, count = ndimage.label(local[m])
+                if count == 0:
+                    break
+                overlap = np.unique(labels[mask[m - direction] & (labels > 0)])
+                if overlap.size == 0:
+                    break
+                mask[m] = np.isin(labels, overlap)
+                m += direction
+        return {
+            "group": group,
+            "key_slice": key_slice,
+            "center_rc": (rv, cv),
+            "side": side,
+            "mask": mask,
+            "offset": (int(slices[0]), r0, c0),
+            "key_m": key_m,
+        }
+
+    def _embed(
+        self, volume: Volume, canvas: pp.Canvas, segmented: list[dict], body_part_scores: np.ndarray
+    ) -> list[Lesion]:
+        if not segmented:
+            return []
+        ss, rs, cs = volume.spacing
+        images, cues = [], []
+        body = canvas.pixels > pp.window(np.array(-500.0))
+        for item in segmented:
+            rv, cv = item["center_rc"]
+            images.append(
+                pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(item["key_slice"]), center_rc=(rv, cv), side_mm=item["side"])
+            )
+            k = int(np.clip(round(item["key_slice"] / canvas.slice_step), 0, canvas.pixels.shape[0] - 1))
+            _, r_c, c_c = canvas.from_volume(item["key_slice"], rv, cv)
+            cues.append(
+                body_relative_cues(body[k], r_c, c_c, float(body_part_scores[item["key_slice"]]), item["side"])
+            )
+        out = self.backend.infer(
+            "lesion_embedder", {"image": np.stack(images), "cues": np.asarray(cues, dtype=np.float32)}
+        )
+        lesions = []
+        for index, item in enumerate(segmented):
+            key = item["group"][0]
+            mask = item["mask"]
+            off = item["offset"]
+            key_mask = mask[item["key_m"]]
+            recist = None
+            volume_mm3 = None
+            notes: tuple[str, ...] = ()
+            rv, cv = item["center_rc"]
+            lesion_mask = None
+            mask_offset = (0, 0, 0)
+            if key_mask.any():
+                axes = measure_recist(key_mask, (rs, cs))
+                recist = _shift_axes(axes, off[2], off[1])
+                volume_mm3 = float(mask.sum() * ss * rs * cs)
+                rr, cc = np.nonzero(key_mask)
+                rv, cv = float(rr.mean() + off[1]), float(cc.mean() + off[2])
+                zs, ys, xs = np.nonzero(mask)
+                lo = (zs.min(), ys.min(), xs.min())
+                hi = (zs.max() + 1, ys.max() + 1, xs.max() + 1)
+                lesion_mask = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].copy()
+                mask_offset = (int(off[0] + lo[0]), int(off[1] + lo[1]), int(off[2] + lo[2]))
+            else:
+                notes = ("segmenter gave no mask on the key slice",)
+            half_w = key.width_mm / 2.0 / cs
+            half_h = key.height_mm / 2.0 / rs
+            lesion_type = LESION_TYPES[key.type_index]
+            lesions.append(
+                Lesion(
+                    index=index,
+                    key_slice=item["key_slice"],
+                    box=(float(cv - half_w), float(rv - half_h), float(cv + half_w), float(rv + half_h)),
+                    score=key.score,
+                    lesion_type=lesion_type,
+                    recist=recist,
+                    volume_mm3=volume_mm3,
+                    mask=lesion_mask,
+                    mask_offset=mask_offset,
+                    center_patient=tuple(float(x) for x in volume.voxel_to_patient(cv, rv, item["key_slice"])),
+                    body_part_score=float(body_part_scores[item["key_slice"]]),
+                    embedding=out["embedding"][index].astype(np.float32),
+                    site=lesion_type.value,
+                    notes=notes,
+                )
+            )
+        return lesions
+
+
+def body_relative_cues(body: np.ndarray, row: float, col: float, body_part_score: float, side_mm: float) -> list[float]:
+    """Embedder cues: x, y relative to the body's extent on the slice, z score, crop size."""
+    rr, cc = np.nonzero(body)
+    if rr.size:
+        r_lo, r_hi, c_lo, c_hi = rr.min(), rr.max() + 1, cc.min(), cc.max() + 1
+    else:
+        r_lo, r_hi, c_lo, c_hi = 0, body.shape[0], 0, body.shape[1]
+    x = (col - c_lo) / max(c_hi - c_lo, 1)
+    y = (row - r_lo) / max(r_hi - r_lo, 1)
+    return [float(np.clip(x, -0.5, 1.5)), float(np.clip(y, -0.5, 1.5)), body_part_score / SSBR_SCORE_SCALE, side_mm / 256.0]
+
+
+def _inside(volume: Volume, canvas: pp.Canvas, d: Detection) -> bool:
+    _, r, c = canvas.to_volume(d.k, d.row, d.col)
+    return 0 <= r <= volume.pixels.shape[1] - 1 and 0 <= c <= volume.pixels.shape[2] - 1
+
+
+def _component_near(mask: np.ndarray, centre: tuple[int, int]) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    if labels[centre] > 0:
+        return labels == labels[centre]
+    dist = ndimage.distance_transform_edt(labels == 0, return_indices=True)[1]
+    nearest = labels[dist[0][centre], dist[1][centre]]
+    return labels == nearest
+
+
+def _shift_axes(axes, dcol: float, drow: float):
+    from dataclasses import replace
+
+    def shift(p):
+        return (p[0] + dcol, p[1] + drow)
+
+    return replace(
+        axes,
+        long_axis_endpoints=(shift(axes.long_axis_endpoints[0]), shift(axes.long_axis_endpoints[1])),
+        short_axis_endpoints=(shift(axes.short_axis_endpoints[0]), shift(axes.short_axis_endpoints[1])),
+    )
