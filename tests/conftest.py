@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,13 +13,24 @@ from node.stack.postgres import EmbeddedPostgres
 from node.store.db import migrate
 
 
+def service_dir(prefix: str) -> Path:
+    """A directory for a service's state outside pytest's 0700 temp root.
+
+    As root, pgserver runs Postgres as the user ``pgserver``, which must be able to traverse
+    every parent; pytest resets its temp root to 0700 whenever another session starts.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"ainode-{prefix}-", dir="/tmp"))
+
+
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def postgres_server() -> Iterator[EmbeddedPostgres]:
     """One embedded Postgres (pgvector) for the whole test session."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata")
+    root = service_dir("pg")
+    server = EmbeddedPostgres(root / "pgdata")
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +71,9 @@ def _with_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def make_service_dir():
+    """``make_service_dir(prefix)``: see :func:`service_dir`."""
+    return service_dir
