@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from synth_helpers import dciodvfy_errors
 
 from node.lesions.records import LesionType
 from node.synth.phantom import ScanParams, synthesize_study
 from node.synth.truth import ORGAN_LABELS
 from node.synth.writer import write_ct_series
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.fail("dciodvfy (Debian package dicom3tools) is needed")
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.fixture(scope="module")
