@@ -28,6 +28,11 @@ COMMAND_MODULES = (
 )
 
 
+# Commands that start or stop the stack themselves; every other command is handed the URLs
+# of the running stack (where the user configured none).
+STACK_OWNERS = frozenset({"up", "down", "demo"})
+
+
 class CommandError(Exception):
     """A failure the user can act on: printed as one line, exit status 1."""
 
@@ -84,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pathlib import Path
 
         settings: Settings = load_settings(Path(args.config) if args.config else None, data_dir=args.data_dir)
+        if args.command not in STACK_OWNERS:
+            from node.stack.services import effective_settings
+
+            settings = effective_settings(settings)
         return int(args.func(args, settings) or 0)
     except CommandError as exc:
         print(f"ainode: {exc}", file=sys.stderr)

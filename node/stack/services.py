@@ -54,8 +54,9 @@ def load_state(settings: Settings) -> StackState | None:
 def effective_settings(settings: Settings) -> Settings:
     """Settings with the URLs of the running stack filled in where the user set none."""
     state = load_state(settings)
-    if state is None:
-        return settings
+    if state is None or not any(read_pid(settings.run_dir / f"{n}.pid") for n in state.embedded if n != "postgres"):
+        if state is None or state.embedded != ["postgres"]:
+            return settings
     return settings.with_overrides(
         database_url=settings.database_url or state.database_url,
         triton_url=settings.triton_url or state.triton_url,
