@@ -51,12 +51,19 @@ def load_state(settings: Settings) -> StackState | None:
         return None
 
 
+def stack_running(settings: Settings) -> bool:
+    """Whether a stack started from this data directory still has a live process."""
+    names = ("orthanc", "triton", "viewer", *(f"worker-{i}" for i in range(64)))
+    if any(read_pid(settings.run_dir / f"{n}.pid") for n in names):
+        return True
+    return (settings.data_dir / "postgres" / "postmaster.pid").exists()
+
+
 def effective_settings(settings: Settings) -> Settings:
     """Settings with the URLs of the running stack filled in where the user set none."""
     state = load_state(settings)
-    if state is None or not any(read_pid(settings.run_dir / f"{n}.pid") for n in state.embedded if n != "postgres"):
-        if state is None or state.embedded != ["postgres"]:
-            return settings
+    if state is None or not stack_running(settings):
+        return settings
     return settings.with_overrides(
         database_url=settings.database_url or state.database_url,
         triton_url=settings.triton_url or state.triton_url,
@@ -84,7 +91,7 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
 
     data_dir = settings.data_dir.resolve()
     run_dir, log_dir = settings.run_dir.resolve(), settings.log_dir.resolve()
-    if load_state(settings) is not None and any(read_pid(run_dir / f"{n}.pid") for n in ("orthanc", "triton")):
+    if load_state(settings) is not None and stack_running(settings):
         raise ServiceError(f"the stack in {data_dir} is already up; `ainode status` shows it, `ainode down` stops it")
     embedded: list[str] = []
     started: list[Any] = []
