@@ -21,9 +21,9 @@ for _p in reversed(os.environ.get("AINODE_STUB_PATH", "").split(os.pathsep)):
     if _p and _p not in sys.path:
         sys.path.insert(0, _p)
 
-import numpy as np
-import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 class TritonPythonModel:
