@@ -2,12 +2,34 @@
 # Installs what the node needs on Debian 12, as root, and nothing that is already there.
 #   deploy/install.sh            Debian packages + .venv with the node (and test tools)
 #   AINODE_EXTRAS=test,train deploy/install.sh   also torch (CPU) for `ainode train`
+#   deploy/install.sh install-viewer   only OHIF (npm package @ohif/app, its built dist/) into .venv/ohif
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools python3-venv)
+APT_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk dicom3tools python3-venv chromium)
 EXTRAS="${AINODE_EXTRAS:-test}"
 PYTHON="${AINODE_PYTHON:-python3}"
+OHIF_VERSION="${AINODE_OHIF_VERSION:-3.13.2}"
+OHIF_DIR=.venv/ohif
+
+# OHIF v3 as the npm registry ships it: the tarball holds a built dist/, so nothing is built here.
+install_viewer() {
+  if [ -f "$OHIF_DIR/package/dist/index.html" ] && [ "$(cat "$OHIF_DIR/version" 2>/dev/null)" = "$OHIF_VERSION" ]; then
+    return 0
+  fi
+  command -v npm >/dev/null || { echo "install: npm is missing (apt-get install npm) for the OHIF viewer" >&2; return 1; }
+  echo "install: OHIF @ohif/app@$OHIF_VERSION into $OHIF_DIR"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null)
+  rm -rf "$OHIF_DIR" && mkdir -p "$OHIF_DIR"
+  tar -xzf "$tmp"/ohif-app-*.tgz -C "$OHIF_DIR"
+  rm -rf "$tmp"
+  echo "$OHIF_VERSION" > "$OHIF_DIR/version"
+}
+if [ "${1:-}" = "install-viewer" ]; then
+  install_viewer
+  exit $?
+fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -28,6 +50,7 @@ fi
 stamp=.venv/.ainode-installed
 want="$(sha256sum pyproject.toml | cut -c1-16) extras=$EXTRAS"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  [ "${AINODE_VIEWER:-1}" = 0 ] || install_viewer || echo "install: OHIF viewer not installed (see above)" >&2
   exit 0
 fi
 if [ ! -x .venv/bin/python ]; then
@@ -40,3 +63,4 @@ echo "install: pip install -e .[$EXTRAS] (first run takes a few minutes)"
 .venv/bin/python -c "import node, pydicom, pynetdicom, psycopg, pgserver, highdicom, tritonclient.grpc, onnxruntime" \
   || { echo "install: the virtual environment is incomplete; see the pip output above" >&2; exit 1; }
 echo "$want" > "$stamp"
+[ "${AINODE_VIEWER:-1}" = 0 ] || install_viewer || echo "install: OHIF viewer not installed (see above)" >&2
