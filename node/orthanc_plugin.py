@@ -123,7 +123,28 @@ class PluginApp:
         with self._lock:
             self._pending.discard(orthanc_study_id)
 
+    def sweep(self, page: int = 500) -> int:
+        """Queue every stored study that has no job (e.g. it became stable while the database was down)."""
+        queued = 0
+        since = 0
+        while not self._stop.is_set():
+            studies = json.loads(self._orthanc.RestApiGet(f"/studies?expand&since={since}&limit={page}"))
+            for study in studies:
+                uid = study.get("MainDicomTags", {}).get("StudyInstanceUID")
+                if self.jobs().enqueue_if_absent(study["ID"], uid, max_attempts=self._max_attempts):
+                    queued += 1
+            if len(studies) < page:
+                break
+            since += page
+        if queued:
+            logger.warning("start-up sweep: %d stored study(ies) had no job and were queued", queued)
+        return queued
+
     def _retry_pending(self) -> None:
+        try:
+            self.sweep()
+        except Exception as exc:  # database still down: the pending retries below take over
+            logger.error("start-up sweep failed (%s); studies stay in Orthanc, `ainode rerun` queues one by hand", exc)
         while not self._stop.wait(RETRY_SECONDS):
             with self._lock:
                 pending = sorted(self._pending)

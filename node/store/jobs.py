@@ -112,6 +112,17 @@ class JobStore:
             conn.execute(self._q["add_event"], {"job_id": row["id"], "state": "queued", "message": message})
         return Enqueued(job_id=row["id"], generation=row["generation"], created=row["created"])
 
+    def enqueue_if_absent(self, orthanc_study_id: str, study_instance_uid: str | None, *, max_attempts: int = 3) -> bool:
+        """Queue a study that has no job yet; True when a job was created."""
+        with self._db.connection() as conn:
+            row = conn.execute(
+                self._q["enqueue_if_absent"],
+                {"orthanc_study_id": orthanc_study_id, "study_instance_uid": study_instance_uid, "max_attempts": max_attempts},
+            ).fetchone()
+            if row is not None:
+                conn.execute(self._q["add_event"], {"job_id": row["id"], "state": "queued", "message": "found by the start-up sweep"})
+        return row is not None
+
     def claim(self, worker: str, *, lease_seconds: int) -> Job | None:
         with self._db.connection() as conn:
             for row in conn.execute(self._q["fail_exhausted"]).fetchall():

@@ -98,3 +98,10 @@ returning id, generation;
 
 -- name: mark_results_stored
 update jobs set results_last_update = %(last_update)s, updated_at = now() where id = %(id)s;
+
+-- name: enqueue_if_absent
+-- Start-up sweep: a study Orthanc holds but the queue never saw (database was down) gets a job.
+insert into jobs (orthanc_study_id, study_instance_uid, max_attempts)
+values (%(orthanc_study_id)s, %(study_instance_uid)s, %(max_attempts)s)
+on conflict (orthanc_study_id) do nothing
+returning id;
