@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "AINODE_"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +44,7 @@ class Settings:
     worker_poll_seconds: float = 1.0
     stable_age_seconds: int = 5
     # Models.
-    model_repository: Path = Path("triton_models")
+    model_repository: Path = REPO_ROOT / "triton_models"
     inference_backend: str = "auto"  # auto | triton | onnx
     detection_threshold: float = 0.5
     # Lesion matching (Algorithm 1) on embedding distance. Tuned by
