@@ -198,21 +198,28 @@ def _model_sessions(settings: Settings) -> dict[str, object]:
     return sessions
 
 
+def _fit(stack: np.ndarray, size: int) -> np.ndarray:
+    """Decimate (or zero-pad) each slice to ``size`` x ``size``."""
+    step = max(1, min(stack.shape[1], stack.shape[2]) // size)
+    small = stack[:, ::step, ::step][:, :size, :size]
+    out = np.zeros((stack.shape[0], size, size), dtype=np.float32)
+    out[:, : small.shape[1], : small.shape[2]] = small
+    return out
+
+
 def run_models(volume: Volume, sessions: dict[str, object], batch: int = 16) -> None:
     """Detector (9 slices of context, 256x256) and body-part regressor (64x64) over every slice."""
     hu = np.clip(volume.pixels, -1024, 3071)
     norm = ((hu + 1024) / 4095).astype(np.float32)
     n = norm.shape[0]
     if "lesion_detector" in sessions:
-        step = max(1, norm.shape[1] // 256)
-        small = norm[:, ::step, ::step][:, :256, :256]
+        small = _fit(norm, 256)
         index = np.clip(np.arange(n)[:, None] + np.arange(-4, 5)[None, :], 0, n - 1)
         for start in range(0, n, batch):
             x = np.ascontiguousarray(small[index[start:start + batch]])
             sessions["lesion_detector"].run(None, {"image": x})  # type: ignore[attr-defined]
     if "body_part_regressor" in sessions:
-        step = max(1, norm.shape[1] // 64)
-        x = np.ascontiguousarray(norm[:, ::step, ::step][:, None, :64, :64])
+        x = np.ascontiguousarray(_fit(norm, 64)[:, None])
         for start in range(0, n, 64):
             sessions["body_part_regressor"].run(None, {"image": x[start:start + 64]})  # type: ignore[attr-defined]
 

@@ -276,3 +276,11 @@ def test_degenerate_axes_lengths_checked_without_mask(study):
     )
     objects = build_result_objects(series, volume, [lesion], provenance=PROVENANCE)
     assert objects.excluded and "exceeds long axis" in objects.excluded[0][1]
+
+
+def test_series_without_body_part_still_valid(tmp_path):
+    series = synthetic_ct_series(n_slices=8, rows=48, columns=48, seed=9, body_part=None)
+    volume = assemble_volume(series)
+    objects = build_result_objects(series, volume, synthetic_lesions(volume, 2, seed=9), provenance=PROVENANCE)
+    assert objects.excluded == [] and objects.pr is not None
+    assert_valid(objects, tmp_path)
