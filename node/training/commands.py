@@ -1,0 +1,139 @@
+"""`ainode train [MODEL|all]`: train, export to ONNX, write Triton configs and model cards."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import platform
+import sys
+from pathlib import Path
+
+from node.config import Settings
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("body_part_regressor", "lesion_detector", "lesion_segmenter", "lesion_embedder")
+ALIASES = {"ssbr": "body_part_regressor", "detector": "lesion_detector", "segmenter": "lesion_segmenter", "embedder": "lesion_embedder"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train the lesion models (needs the `train` extra: torch, onnx)")
+    p.add_argument("model", nargs="?", default="all", help=f"all, or one of {', '.join(MODELS)} (aliases: {', '.join(ALIASES)})")
+    p.add_argument("--patients", type=int, default=160, help="synthetic training patients (default 160)")
+    p.add_argument("--val-patients", type=int, default=12, help="synthetic validation patients (default 12)")
+    p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="torch / numpy seed")
+    p.add_argument("--deeplesion", type=Path, default=None, help="train on a DeepLesion download (DL_info.csv + Images_png/) instead")
+    p.add_argument("--max-series", type=int, default=None, help="DeepLesion: at most this many series")
+    p.add_argument("--out", type=Path, default=None, help="model repository to write (default: settings.model_repository)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply epochs/steps (0.2 for a quick smoke run)")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace, settings: Settings) -> int:
+    from node.cli import CommandError
+
+    try:
+        import torch
+
+        from node.training import datasets, export, train
+    except ImportError as exc:
+        raise CommandError(f"training needs torch and onnx: `make install-train` ({exc.name} missing)") from exc
+    name = ALIASES.get(args.model, args.model)
+    if name != "all" and name not in MODELS:
+        raise CommandError(f"unknown model {args.model!r}: use all or one of {', '.join(MODELS)}")
+    wanted = MODELS if name == "all" else (name,)
+    out = Path(args.out or settings.model_repository)
+    torch.set_num_threads(max(1, args.threads))
+    rng = train.seed_everything(args.seed)
+
+    if args.deeplesion is not None:
+        studies = list(datasets.deeplesion_studies(args.deeplesion, max_series=args.max_series))
+        if len(studies) < 4:
+            raise CommandError(f"{args.deeplesion}: found {len(studies)} usable series; need at least 4")
+        validation = studies[-max(1, len(studies) // 10) :]
+        studies = studies[: len(studies) - len(validation)]
+        data_text = f"DeepLesion at {args.deeplesion}: {len(studies)} training series, {len(validation)} validation series"
+    else:
+        from tqdm import tqdm
+
+        studies = list(tqdm(datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed), total=args.patients, desc="synthesize", leave=False))
+        validation = list(datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed))
+        data_text = (
+            f"synthetic cohort (node.synth), cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
+            f"for training ({sum(len(s.lesions) for s in studies)} lesions), patients 10000..{10_000 + args.val_patients - 1} "
+            f"for validation ({sum(len(s.lesions) for s in validation)} lesions); small preset, every third patient at 256x256"
+        )
+    version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
+    command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])
+    scale = max(0.05, args.scale)
+
+    for model_name in wanted:
+        if model_name == "body_part_regressor":
+            result = train.train_body_part_regressor(studies, rng=rng, steps=int(500 * scale))
+        elif model_name == "lesion_detector":
+            result = train.train_lesion_detector(studies, rng=rng, epochs=max(1, int(8 * scale)), validation=validation)
+        elif model_name == "lesion_segmenter":
+            result = train.train_lesion_segmenter(studies, rng=rng, epochs=max(1, int(10 * scale)), validation=validation)
+        else:
+            ssbr = _ssbr_from_onnx(out)
+            result = train.train_lesion_embedder(
+                studies + validation, ssbr=ssbr, rng=rng, steps=int(400 * scale), refine_steps=int(200 * scale)
+            )
+        path = out / "onnx" / f"{model_name}.onnx"
+        export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data_text[:200]})
+        _write_card(out, result, data_text=data_text, command=command, version=version, path=path)
+        print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()))
+
+    export.write_triton_configs(out, _versions(out))
+    return 0
+
+
+def _versions(out: Path) -> dict[str, str]:
+    from node.inference.backend import OnnxBackend
+
+    return OnnxBackend(out).model_versions()
+
+
+def _ssbr_from_onnx(out: Path):
+    import numpy as np
+
+    from node.inference import preprocess as pp
+    from node.inference.backend import OnnxBackend
+
+    backend = OnnxBackend(out)
+
+    def scores(study) -> np.ndarray:
+        canvas = pp.make_canvas(study.pixels, study.spacing)
+        s = backend.infer("body_part_regressor", {"image": pp.ssbr_inputs(canvas)})["score"][:, 0]
+        return np.interp(np.arange(study.pixels.shape[0]), np.arange(len(s)) * canvas.slice_step, s)
+
+    return scores
+
+
+def _write_card(out: Path, result, *, data_text: str, command: str, version: str, path: Path) -> None:
+    cards = out / "cards"
+    cards.mkdir(parents=True, exist_ok=True)
+    params = sum(p.numel() for p in result.model.parameters())
+    figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in result.figures.items())
+    text = f"""# {result.name}
+
+- version: `{version}`
+- file: `onnx/{path.name}` ({path.stat().st_size / 1024:.0f} kB, {params:,} parameters)
+- data: {data_text}
+- command: `{command}`
+- trained in {result.seconds:.0f} s on {platform.machine()} with torch threads as given ({result.samples} training samples)
+- figures are **synthetic-cohort numbers**, never clinical ones.
+
+| figure | value |
+|---|---|
+{figures}
+"""
+    (cards / f"{result.name}.md").write_text(text)
+    (cards / f"{result.name}.json").write_text(
+        json.dumps({"version": version, "data": data_text, "command": command, "seconds": round(result.seconds, 1),
+                    "parameters": params, "figures": result.figures}, indent=2) + "\n"
+    )
