@@ -140,12 +140,26 @@ class PluginApp:
             logger.warning("start-up sweep: %d stored study(ies) had no job and were queued", queued)
         return queued
 
+    def _publish_metrics(self) -> None:
+        """Job counts as Orthanc metrics (its /tools/metrics-prometheus), e.g. ainode_jobs_queued."""
+        try:
+            counts = self.jobs().counts()
+        except Exception:  # noqa: BLE001 - the database may be down; the error is logged elsewhere
+            counts = {}
+        try:
+            for state, n in counts.items():
+                self._orthanc.SetMetricsValue(f"ainode_jobs_{state}", float(n))
+            self._orthanc.SetMetricsValue("ainode_pending_enqueues", float(len(self._pending)))
+        except Exception:  # noqa: BLE001 - metrics are best effort
+            pass
+
     def _retry_pending(self) -> None:
         try:
             self.sweep()
         except Exception as exc:  # database still down: the pending retries below take over
             logger.error("start-up sweep failed (%s); studies stay in Orthanc, `ainode rerun` queues one by hand", exc)
         while not self._stop.wait(RETRY_SECONDS):
+            self._publish_metrics()
             with self._lock:
                 pending = sorted(self._pending)
             for study_id in pending:

@@ -144,3 +144,19 @@ def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
         orthanc = EmbeddedOrthanc(tmp_path / "o", ports=OrthancPorts(http=taken, dicom=free_port()), with_plugin=False)
         with pytest.raises(ServiceError, match=f"orthanc: orthanc http port {taken} is already taken"):
             orthanc.start()
+
+
+def test_stow_rs_study_is_processed(stack, tmp_path: Path) -> None:
+    """DICOMweb STOW-RS into Orthanc queues the study like C-STORE does."""
+    settings, state, jobs = stack
+    from node.synth.phantom import ScanParams, synthesize_study
+    from node.synth.writer import write_ct_series
+
+    study = synthesize_study(8, 0, scan=ScanParams(rows=128, columns=128, pixel_spacing=0.9, slice_thickness=5.0,
+                                                   coverage="chest", num_slices=24), cohort_seed=11)
+    files = write_ct_series(study, tmp_path)
+    client = DICOMwebClient(url=state.dicomweb_url)
+    client.store_instances([pydicom.dcmread(f) for f in files])
+    job, _ = wait_for_job(jobs, study.study_instance_uid)
+    assert str(job.state) in ("done", "skipped"), job.reason
+    assert job.attempts == 1
