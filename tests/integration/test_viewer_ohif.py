@@ -32,9 +32,12 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1200,1200",
 ]
-# Headless Chromium lays the page out once more after OHIF sized its canvas: a late resize
-# event makes OHIF re-fit the canvas so image and SR graphics line up in the screenshot.
-RESIZE_JS = "[6000, 12000, 20000].forEach(function (t) { setTimeout(function () { window.dispatchEvent(new Event('resize')); }, t); });"
+# OHIF sizes its canvas before the SR's side-panel strip appears; nudging the root element's
+# width makes it re-fit (the image is drawn round again) before the screenshot.
+RESIZE_JS = (
+    "setTimeout(function () { document.getElementById('root').style.width = 'calc(100% - 3px)'; }, 12000);"
+    "setTimeout(function () { document.getElementById('root').style.width = ''; }, 16000);"
+)
 
 
 def _paint(series, volume, lesions):
