@@ -51,6 +51,7 @@ def export_onnx(
             dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
+    set_io_shapes(proto, spec)
     proto.doc_string = f"ainode {name}"
     for key, value in sorted((metadata or {}).items()):
         entry = proto.metadata_props.add()
@@ -61,6 +62,29 @@ def export_onnx(
     onnx.save(proto, str(path))
     logger.info("wrote %s (%.0f kB)", path, path.stat().st_size / 1024)
     return path
+
+
+def set_io_shapes(proto: onnx.ModelProto, spec: ModelSpec) -> None:
+    """Write the contract's shapes (dynamic batch, fixed rest) on the graph's inputs and outputs.
+
+    The exporter leaves some output dimensions unknown; TensorRT and the parity test need them.
+    """
+    tensors = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for value in (*proto.graph.input, *proto.graph.output):
+        t = tensors[value.name]
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        shape.dim.add().dim_param = "batch"
+        for d in t.dims:
+            shape.dim.add().dim_value = d
+
+
+def fix_onnx_file(path: Path, name: str) -> None:
+    """Apply ``set_io_shapes`` to an ONNX file in place."""
+    proto = onnx.load(str(path))
+    set_io_shapes(proto, SPECS[name])
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
 
 
 def _tensor_block(kind: str, tensors: tuple) -> str:

@@ -1,0 +1,53 @@
+"""The shared preprocessing: window, canvas geometry, lesion crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from node.inference import preprocess as pp
+
+
+def test_window_limits() -> None:
+    out = pp.window(np.array([-3000.0, -1024.0, 3071.0, 5000.0]))
+    np.testing.assert_allclose(out, [0.0, 0.0, 255.0, 255.0])
+    assert out.dtype == np.float32
+
+
+def test_canvas_maps_back_to_the_volume() -> None:
+    hu = np.full((40, 100, 120), -1000.0, np.float32)
+    hu[10:30, 40:60, 70:90] = 500.0  # a bright block
+    spacing = (1.25, 0.8, 0.8)
+    canvas = pp.make_canvas(hu, spacing)
+    assert canvas.pixels.shape == (int((40 - 1) * 1.25 / 2) + 1, pp.CANVAS_SIZE, pp.CANVAS_SIZE)
+    k, r, c = canvas.from_volume(20, 50, 80)
+    assert canvas.pixels[int(round(k)), int(round(r)), int(round(c))] > pp.window(np.array(300.0))
+    back = canvas.to_volume(k, r, c)
+    np.testing.assert_allclose(back, (20, 50, 80), atol=1e-9)
+    assert canvas.pixels[0, 0, 0] == 0.0  # outside the field of view: air
+    assert pp.ssbr_inputs(canvas).shape == (canvas.pixels.shape[0], 1, pp.SSBR_SIZE, pp.SSBR_SIZE)
+    inputs = pp.detector_inputs(canvas, np.array([0, 5]))
+    assert inputs.shape == (2, 9, pp.CANVAS_SIZE, pp.CANVAS_SIZE)
+    np.testing.assert_array_equal(inputs[0, 0], canvas.pixels[0])  # clamped at the first slice
+
+
+def test_lesion_crop_is_centred_and_scaled() -> None:
+    hu = np.zeros((20, 200, 200), np.float32)
+    rr, cc = np.mgrid[:200, :200]
+    hu[:, (rr - 90) ** 2 + (cc - 120) ** 2 <= 10**2] = 1000.0  # 10 px = 5 mm radius at 0.5 mm
+    crop = pp.lesion_crop(hu, (2.0, 0.5, 0.5), slice_=10.0, center_rc=(90, 120), side_mm=40.0)
+    assert crop.shape == (3, pp.CROP_SIZE, pp.CROP_SIZE)
+    bright = crop[1] > pp.window(np.array(500.0))
+    ys, xs = np.nonzero(bright)
+    assert abs(ys.mean() - 31.5) < 1 and abs(xs.mean() - 31.5) < 1
+    diameter_px = xs.max() - xs.min() + 1
+    assert diameter_px == pytest.approx(10.0 / (40.0 / pp.CROP_SIZE), abs=2)
+    with pytest.raises(ValueError, match="side_mm"):
+        pp.lesion_crop(hu, (2.0, 0.5, 0.5), slice_=1.0, center_rc=(0, 0), side_mm=0.0)
+
+
+def test_bad_canvas_arguments() -> None:
+    with pytest.raises(ValueError, match="pixels"):
+        pp.make_canvas(np.zeros((4, 4)), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="spacing"):
+        pp.make_canvas(np.zeros((4, 4, 4)), (0.0, 1.0, 1.0))

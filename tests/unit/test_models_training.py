@@ -1,0 +1,80 @@
+"""Losses, samplers, targets and the ONNX export of the training code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from node.inference import preprocess as pp
+from node.training import export, train
+from node.training.models import SPECS, build
+
+
+def test_ssbr_loss_prefers_ordered_equidistant_scores() -> None:
+    ordered = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]])
+    uneven = torch.tensor([[0.0, 0.2, 2.0, 2.1, 4.0]])
+    reversed_ = ordered.flip(1)
+    assert train.ssbr_loss(ordered) < train.ssbr_loss(uneven) < train.ssbr_loss(reversed_)
+
+
+def test_sequence_loss_margins() -> None:
+    # Squared distances to A: 0.0, 0.1+, 0.3+, 0.7+ satisfy margins 0.1 / 0.2 / 0.4.
+    a = torch.zeros(3)
+    good = torch.stack([a, torch.tensor([0.0, 0, 0]), torch.tensor([0.35, 0, 0]), torch.tensor([0.6, 0, 0]), torch.tensor([0.9, 0, 0])])
+    assert float(train.sequence_loss(good[None])) == 0.0
+    bad = good.clone()
+    bad[4] = bad[3]  # D and E equally far: the ADE margin 0.4 is violated
+    assert float(train.sequence_loss(bad[None])) == pytest.approx(0.4 / 2)
+
+
+def test_sequential_sampling_orders_type_location_size() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 10)
+    location = rng.random((30, 3))
+    size = rng.random((30, 2))
+    for anchor in range(20):
+        a, b, c, d, e = train.sequential_sample(anchor, labels, location, size, rng)
+        assert a == anchor and labels[b] == labels[c] == labels[d] == 0 and labels[e] == 1
+        dl = np.linalg.norm(location - location[anchor], axis=1)
+        assert dl[b] <= dl[d] and dl[c] <= dl[d]
+    assert train.sequential_sample(25, np.array([0] * 26), location[:26], size[:26], rng) is None
+
+
+def test_detector_targets_mark_the_centre() -> None:
+    mask = np.zeros((128, 128), bool)
+    mask[40:60, 70:80] = True
+    t = train.detector_targets([(3, mask)], 128)
+    i, j = np.unravel_index(np.argmax(t["heat"][3]), t["heat"][3].shape)
+    assert t["heat"][3, i, j] == 1.0 and t["reg"][i, j] == 1.0
+    assert (i, j) == (25, 37)
+    np.testing.assert_allclose(t["wh"][:, i, j], (20 * pp.CANVAS_MM, 10 * pp.CANVAS_MM))
+    centre = ((i + t["off"][0, i, j]) * pp.HEATMAP_STRIDE, (j + t["off"][1, i, j]) * pp.HEATMAP_STRIDE)
+    np.testing.assert_allclose(centre, (50.0, 75.0))
+    assert t["heat"][[0, 1, 2, 4, 5, 6, 7]].max() == 0.0
+
+
+@pytest.mark.parametrize("name", ["lesion_segmenter", "lesion_embedder"])
+def test_onnx_export_matches_torch(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    model = build(name).eval()
+    path = export.export_onnx(model, name, tmp_path / f"{name}.onnx", metadata={"version": "t1"})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["version"] == "t1"
+    feeds = {t.name: (np.random.default_rng(1).random((3, *t.dims)) * 100).astype(np.float32) for t in SPECS[name].inputs}
+    got = session.run(None, feeds)
+    with torch.no_grad():
+        want = model(*(torch.from_numpy(v) for v in feeds.values()))
+    want = want if isinstance(want, tuple) else (want,)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ValueError, match="name"):
+        build("lesion_classifier")
+    with pytest.raises(ValueError, match="variant"):
+        export.triton_config(SPECS["lesion_segmenter"], variant="tpu")
