@@ -1,0 +1,120 @@
+"""Targets, PASS/FAIL, and the printed table of an evaluation.
+
+Every figure is a synthetic-cohort figure, never a clinical one; the table and the JSON say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LABEL = "synthetic-cohort figures, not clinical"
+
+#: Published real-data figure shown for context only: different data, different models.
+REFERENCE = {
+    "figure": "3DCE (Yan et al., MICCAI 2018): 85.65% sensitivity at 4 FPs per image on DeepLesion",
+    "sensitivity_at_4fp": 0.8565,
+    "note": "real CT (DeepLesion test set), different data: not comparable with the synthetic figures",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """One figure with its goal: ``path`` into the summary dict, ``at_least`` or ``at_most``."""
+
+    name: str
+    path: tuple[str, ...]
+    goal: float
+    higher_is_better: bool = True
+    unit: str = ""
+
+    def value(self, summary: dict) -> float | None:
+        node: object = summary
+        for key in self.path:
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return None if node is None else float(node)  # type: ignore[arg-type]
+
+    def passed(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value >= self.goal if self.higher_is_better else value <= self.goal
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(name="sensitivity at 4 FPs/image (key slices)", path=("detection", "key_slice", "sensitivity", "4.0"), goal=0.90),
+    Target(name="segmentation Dice (matched lesions)", path=("segmentation", "dice"), goal=0.85),
+    Target(name="RECIST long-axis MAE", path=("recist", "long_axis_mae_mm"), goal=1.5, higher_is_better=False, unit="mm"),
+    Target(name="body-part score Spearman with z", path=("body_part", "spearman"), goal=0.98),
+    Target(name="embedding type precision@5", path=("retrieval", "precision_at_5"), goal=0.90),
+    Target(name="lesion-graph pairwise precision", path=("matching", "precision"), goal=0.95),
+    Target(name="lesion-graph pairwise recall", path=("matching", "recall"), goal=0.95),
+)
+
+
+def apply_targets(summary: dict) -> list[dict[str, object]]:
+    """The targets with each figure's value and PASS/FAIL, JSON-ready."""
+    rows = []
+    for target in TARGETS:
+        value = target.value(summary)
+        rows.append(
+            {
+                "name": target.name,
+                "value": value,
+                "goal": f"{'>=' if target.higher_is_better else '<='} {target.goal:g}{' ' + target.unit if target.unit else ''}",
+                "result": "PASS" if target.passed(value) else "FAIL",
+            }
+        )
+    return rows
+
+
+def _fmt(value: object, unit: str = "", digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{' ' + unit if unit else ''}"
+    return f"{value}{' ' + unit if unit else ''}"
+
+
+def format_table(result: dict) -> str:
+    """The human-readable report of ``ainode eval`` (``result`` as written to JSON)."""
+    s = result["summary"]
+    det = s["detection"]
+    lines = [
+        f"ainode eval: {LABEL}",
+        f"cohort: {result['cohort']['description']}",
+        f"models: {', '.join(f'{k} {v}' for k, v in result['models'].items()) or 'unknown'}",
+        f"studies analysed {s['studies_analysed']}/{s['studies']}; truth lesions {s['truth_lesions']}; "
+        f"found {s['found_lesions']}; matched {s['matched_lesions']} ({s['lesion_match_criterion']})",
+        "",
+        "detection sensitivity at FPs per image (key slices; " + det["key_slice"]["criterion"] + "):",
+        "  " + "  ".join(f"{r}: {_fmt(v)}" for r, v in det["key_slice"]["sensitivity"].items())
+        + f"   ({det['key_slice']['images']} key images)",
+        "detection sensitivity at FPs per volume (" + det["per_volume"]["criterion"] + "):",
+        "  " + "  ".join(f"{r}: {_fmt(v)}" for r, v in det["per_volume"]["sensitivity"].items())
+        + f"   ({det['per_volume']['images']} volumes)",
+        f"segmentation Dice: {_fmt(s['segmentation']['dice'])}",
+        f"RECIST MAE: long {_fmt(s['recist']['long_axis_mae_mm'], 'mm', 2)}, short {_fmt(s['recist']['short_axis_mae_mm'], 'mm', 2)}"
+        f" ({s['recist']['without_measurement']} matched lesions without a measurement)",
+        f"body-part score Spearman with z (mean per volume): {_fmt(s['body_part']['spearman'])}",
+        f"retrieval (top 5, other patients): type precision@5 {_fmt(s['retrieval']['precision_at_5'])}, "
+        f"location error {_fmt(s['retrieval']['location_error_mm'], 'mm', 1)}, size error {_fmt(s['retrieval']['size_error_mm'], 'mm', 1)}",
+        f"type accuracy: kNN (k=5, leave-one-patient-out) {_fmt(s['type']['knn_accuracy'])}, detector's own {_fmt(s['type']['detector_accuracy'])}",
+    ]
+    m = s["matching"]
+    lines.append(
+        f"lesion graph (t1={m['t1']:g}, t2={m['t2']:g} from settings): pairwise precision {_fmt(m['precision'])}, recall {_fmt(m['recall'])}"
+    )
+    if m.get("tuned"):
+        t = m["tuned"]
+        lines.append(
+            f"  tune_thresholds on this cohort would choose t1={t['t1']:g}, t2={t['t2']:g} "
+            f"(precision {t['precision']:.3f}, recall {t['recall']:.3f}); settings NOT changed"
+        )
+    lines += ["", f"targets ({LABEL}):"]
+    for row in result["targets"]:
+        lines.append(f"  {row['result']:4}  {row['name']:<44} {_fmt(row['value']):>8}   target {row['goal']}")
+    lines += ["", f"reference, different data: {REFERENCE['figure']} ({REFERENCE['note']})"]
+    if result.get("warnings"):
+        lines += [f"warning: {w}" for w in result["warnings"]]
+    return "\n".join(lines)

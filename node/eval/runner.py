@@ -1,0 +1,400 @@
+"""Run the node's models on an evaluation cohort and score them against the truth.
+
+Per study, :func:`score_study` turns the detector's candidates and the analyzer's lesions into
+plain records (FROC candidates, matched lesions); :func:`summarize` turns the records of the
+whole cohort into the figures. Both work on hand-made inputs too, which is how they are tested.
+
+Detection candidates come from a second decode of the detector's output at a low threshold
+(the analyzer keeps only lesions above its own threshold). The detector runs once per study:
+:class:`DetectorCache` hands the analyzer the outputs already computed for the FROC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from node.config import Settings
+from node.eval import metrics
+from node.eval.cohort import EvalStudy
+from node.inference import preprocess as pp
+from node.inference.analyzer import Analysis, Analyzer, Detection, check_volume, decode_detections, group_detections
+from node.inference.backend import InferenceBackend
+from node.lesions.matching import SyntheticCohort, groups_from_labels, match_lesions, pairwise_accuracy, tune_thresholds
+
+logger = logging.getLogger(__name__)
+
+IOU_THRESHOLD = 0.5
+KEY_SLICE_CRITERION = "2D box IoU >= 0.5 with the truth box, on the canvas slice nearest the lesion's key slice"
+VOLUME_CRITERION = "centre of the detection's key box (nearest voxel) inside the lesion's 3D truth mask"
+LESION_MATCH_CRITERION = "analyzer lesion's key-box centre inside the truth mask; one-to-one, best score first"
+
+
+class DetectorCache:
+    """An ``InferenceBackend`` that remembers detector outputs by input, so the analyzer reuses
+    the ones computed for the FROC instead of running the detector a second time."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+        self._cache: dict[bytes, dict[str, np.ndarray]] = {}
+        self.hits = 0
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if model != "lesion_detector":
+            return self.backend.infer(model, inputs)
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(inputs):
+            array = np.ascontiguousarray(inputs[name], dtype=np.float32)
+            digest.update(name.encode())
+            digest.update(str(array.shape).encode())
+            digest.update(array.data)
+        key = digest.digest()
+        if key in self._cache:
+            self.hits += 1
+            return self._cache[key]
+        out = self.backend.infer(model, inputs)
+        self._cache[key] = out
+        return out
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def model_versions(self) -> dict[str, str]:
+        return self.backend.model_versions()
+
+    def close(self) -> None:
+        self.clear()
+        self.backend.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """One detector candidate: score and the truth lesion ids it hits (empty: false positive)."""
+
+    score: float
+    hits: frozenset[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatchedLesion:
+    """A found lesion paired with its truth lesion, with what is needed for the cohort figures."""
+
+    lesion_id: str
+    track_id: str
+    patient: str
+    timepoint: int
+    truth_type: str
+    predicted_type: str
+    dice: float
+    long_axis_error_mm: float | None
+    short_axis_error_mm: float | None
+    truth_long_axis_mm: float
+    location_mm: tuple[float, float, float]
+    embedding: np.ndarray | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyScore:
+    """Everything one study contributes to the cohort figures."""
+
+    patient: str
+    timepoint: int
+    analysed: bool
+    reason: str | None = None
+    truth_lesions: int = 0
+    key_images: int = 0
+    key_candidates: list[Candidate] = field(default_factory=list)
+    volume_candidates: list[Candidate] = field(default_factory=list)
+    matched: list[MatchedLesion] = field(default_factory=list)
+    found_lesions: int = 0
+    spearman: float | None = None
+    seconds: float = 0.0
+
+
+def detect_candidates(
+    backend: InferenceBackend, volume, *, threshold: float, per_slice: int = 20, batch: int = 8
+) -> tuple[pp.Canvas, list[Detection]]:
+    """Every detector peak above ``threshold`` on every canvas slice of ``volume``."""
+    canvas = pp.make_canvas(volume.pixels, volume.spacing)
+    keys = np.arange(canvas.pixels.shape[0])
+    detections: list[Detection] = []
+    for start in range(0, len(keys), batch):
+        chunk = keys[start : start + batch]
+        out = backend.infer("lesion_detector", {"image": pp.detector_inputs(canvas, chunk)})
+        detections += decode_detections(
+            int(chunk[0]), out["heatmap"], out["size"], out["offset"], threshold, per_slice=per_slice
+        )
+    return canvas, detections
+
+
+def detection_box(volume, canvas: pp.Canvas, d: Detection) -> tuple[float, tuple[float, float, float, float]]:
+    """Volume slice (fractional) and box (col0, row0, col1, row1) of a canvas detection."""
+    kv, rv, cv = canvas.to_volume(d.k, d.row, d.col)
+    _, rs, cs = volume.spacing
+    hw, hh = d.width_mm / 2.0 / cs, d.height_mm / 2.0 / rs
+    return kv, (cv - hw, rv - hh, cv + hw, rv + hh)
+
+
+def _label_at(labels: np.ndarray, slice_: float, row: float, col: float) -> int:
+    n, rows, cols = labels.shape
+    k, r, c = int(round(slice_)), int(round(row)), int(round(col))
+    if not (0 <= k < n and 0 <= r < rows and 0 <= c < cols):
+        return 0
+    return int(labels[k, r, c])
+
+
+def score_detections(
+    study: EvalStudy, canvas: pp.Canvas, detections: list[Detection]
+) -> tuple[int, list[Candidate], list[Candidate]]:
+    """Key-slice and per-volume FROC candidates of one study.
+
+    Returns
+    -------
+    tuple
+        (number of key images, key-slice candidates, per-volume candidates).
+    """
+    volume = study.volume
+    n_canvas = canvas.pixels.shape[0]
+    by_image: dict[int, list] = {}
+    for lesion in study.lesions:
+        k = int(np.clip(round(lesion.key_slice / canvas.slice_step), 0, n_canvas - 1))
+        by_image.setdefault(k, []).append(lesion)
+    key_candidates = []
+    for d in detections:
+        truths = by_image.get(d.k)
+        if not truths:
+            continue
+        _, box = detection_box(volume, canvas, d)
+        overlaps = metrics.iou(box, np.array([t.box for t in truths]))
+        hits = frozenset(t.lesion_id for t, o in zip(truths, overlaps, strict=True) if o >= IOU_THRESHOLD)
+        key_candidates.append(Candidate(score=d.score, hits=hits))
+
+    by_label = {lesion.label: lesion.lesion_id for lesion in study.lesions}
+    rows, cols = volume.pixels.shape[1:]
+    volume_candidates = []
+    for group in group_detections(detections):
+        kv, box = detection_box(volume, canvas, group[0])
+        rv, cv = 0.5 * (box[1] + box[3]), 0.5 * (box[0] + box[2])
+        if not (0 <= rv <= rows - 1 and 0 <= cv <= cols - 1):
+            continue  # the analyzer drops these too
+        label = _label_at(study.lesion_labels, kv, rv, cv)
+        hit = frozenset({by_label[label]}) if label in by_label else frozenset()
+        volume_candidates.append(Candidate(score=group[0].score, hits=hit))
+    return len(by_image), key_candidates, volume_candidates
+
+
+def score_analysis(study: EvalStudy, analysis: Analysis) -> list[MatchedLesion]:
+    """Pair the analyzer's lesions with truth lesions and measure each pair."""
+    volume = study.volume
+    by_label = {lesion.label: lesion for lesion in study.lesions}
+    taken: set[int] = set()
+    matched = []
+    for found in sorted(analysis.lesions, key=lambda x: -x.score):
+        c0, r0, c1, r1 = found.box
+        label = _label_at(study.lesion_labels, found.key_slice, 0.5 * (r0 + r1), 0.5 * (c0 + c1))
+        if label not in by_label or label in taken:
+            continue
+        taken.add(label)
+        truth = by_label[label]
+        truth_mask = study.lesion_labels == label
+        predicted = np.zeros(volume.pixels.shape, dtype=bool)
+        if found.mask is not None:
+            s, r, c = found.mask_offset
+            ds, dr, dc = found.mask.shape
+            predicted[s : s + ds, r : r + dr, c : c + dc] = found.mask[
+                : max(0, predicted.shape[0] - s), : max(0, predicted.shape[1] - r), : max(0, predicted.shape[2] - c)
+            ]
+        long_err = short_err = None
+        if found.recist is not None:
+            long_err = abs(found.recist.long_axis_mm - truth.long_axis_mm)
+            short_err = abs(found.recist.short_axis_mm - truth.short_axis_mm)
+        matched.append(
+            MatchedLesion(
+                lesion_id=truth.lesion_id,
+                track_id=f"{study.patient}/{truth.track_id}",
+                patient=study.patient,
+                timepoint=study.timepoint,
+                truth_type=str(truth.lesion_type),
+                predicted_type=str(found.lesion_type),
+                dice=metrics.dice(predicted, truth_mask),
+                long_axis_error_mm=long_err,
+                short_axis_error_mm=short_err,
+                truth_long_axis_mm=truth.long_axis_mm,
+                location_mm=tuple(float(v) for v in study.body_frame(truth.center_patient)),  # type: ignore[arg-type]
+                embedding=None if found.embedding is None else np.asarray(found.embedding, dtype=np.float32),
+            )
+        )
+    return matched
+
+
+def evaluate_study(
+    study: EvalStudy,
+    backend: DetectorCache,
+    *,
+    froc_threshold: float = 0.05,
+    detection_threshold: float = 0.5,
+) -> StudyScore:
+    """Run the models on one study and score them."""
+    t0 = time.perf_counter()
+    reason = check_volume(study.volume)
+    if reason is not None:
+        logger.warning("study %s/T%d not analysed: %s", study.patient, study.timepoint, reason)
+        return StudyScore(patient=study.patient, timepoint=study.timepoint, analysed=False, reason=reason, truth_lesions=len(study.lesions))
+    backend.clear()
+    canvas, detections = detect_candidates(backend, study.volume, threshold=froc_threshold)
+    key_images, key_candidates, volume_candidates = score_detections(study, canvas, detections)
+    analysis = Analyzer(backend, detection_threshold=detection_threshold).analyze(study.volume)
+    backend.clear()
+    spearman = metrics.spearman(analysis.body_part_scores, study.slice_z())
+    return StudyScore(
+        patient=study.patient,
+        timepoint=study.timepoint,
+        analysed=analysis.not_analysed is None,
+        reason=analysis.not_analysed,
+        truth_lesions=len(study.lesions),
+        key_images=key_images,
+        key_candidates=key_candidates,
+        volume_candidates=volume_candidates,
+        matched=score_analysis(study, analysis),
+        found_lesions=len(analysis.lesions),
+        spearman=spearman,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _froc(candidates: list[Candidate], *, n_truth: int, n_images: int) -> dict[str, object]:
+    if n_images < 1 or n_truth < 1:
+        return {"sensitivity": {str(r): None for r in metrics.FROC_RATES}, "images": n_images, "lesions": n_truth, "candidates": len(candidates)}
+    sens, fps = metrics.froc_curve([c.score for c in candidates], [c.hits for c in candidates], n_truth=n_truth, n_images=n_images)
+    at = metrics.sensitivity_at_fps(sens, fps)
+    return {
+        "sensitivity": {str(r): v for r, v in zip(metrics.FROC_RATES, at, strict=True)},
+        "images": n_images,
+        "lesions": n_truth,
+        "candidates": len(candidates),
+        "max_sensitivity": float(sens[-1]) if sens.size else 0.0,
+    }
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def summarize(scores: list[StudyScore], settings: Settings) -> dict[str, object]:
+    """Cohort figures from per-study scores (JSON-ready; None where a figure has no data)."""
+    analysed = [s for s in scores if s.analysed]
+    n_truth = sum(s.truth_lesions for s in analysed)
+    key_images = sum(s.key_images for s in analysed)
+    matched = [m for s in analysed for m in s.matched]
+    with_embedding = [m for m in matched if m.embedding is not None]
+
+    out: dict[str, object] = {
+        "studies": len(scores),
+        "studies_analysed": len(analysed),
+        "not_analysed": {f"{s.patient}/T{s.timepoint}": s.reason for s in scores if not s.analysed},
+        "truth_lesions": n_truth,
+        "found_lesions": sum(s.found_lesions for s in analysed),
+        "matched_lesions": len(matched),
+        "lesion_match_criterion": LESION_MATCH_CRITERION,
+        "detection": {
+            "key_slice": {"criterion": KEY_SLICE_CRITERION, **_froc([c for s in analysed for c in s.key_candidates], n_truth=n_truth, n_images=key_images)},
+            "per_volume": {"criterion": VOLUME_CRITERION, **_froc([c for s in analysed for c in s.volume_candidates], n_truth=n_truth, n_images=len(analysed))},
+        },
+        "segmentation": {"dice": _mean(m.dice for m in matched), "lesions": len(matched)},
+        "recist": {
+            "long_axis_mae_mm": _mean(m.long_axis_error_mm for m in matched),
+            "short_axis_mae_mm": _mean(m.short_axis_error_mm for m in matched),
+            "lesions": sum(m.long_axis_error_mm is not None for m in matched),
+            "without_measurement": sum(m.long_axis_error_mm is None for m in matched),
+        },
+        "body_part": {"spearman": _mean(s.spearman for s in analysed), "volumes": len(analysed)},
+        "type": {"detector_accuracy": _mean(float(m.truth_type == m.predicted_type) for m in matched)},
+    }
+
+    if with_embedding:
+        emb = np.stack([m.embedding for m in with_embedding])
+        patients = [m.patient for m in with_embedding]
+        types = [m.truth_type for m in with_embedding]
+        retrieval = metrics.retrieval_at_k(
+            emb,
+            patients=patients,
+            types=types,
+            locations_mm=np.array([m.location_mm for m in with_embedding]),
+            sizes_mm=[m.truth_long_axis_mm for m in with_embedding],
+            k=5,
+        )
+        knn = metrics.knn_type_accuracy(emb, patients=patients, types=types, k=5)
+    else:
+        emb = np.zeros((0, 1))
+        retrieval = {"precision": float("nan"), "location_error_mm": float("nan"), "size_error_mm": float("nan"), "queries": 0}
+        knn = float("nan")
+    out["retrieval"] = {
+        "precision_at_5": _finite(retrieval["precision"]),
+        "location_error_mm": _finite(retrieval["location_error_mm"]),
+        "size_error_mm": _finite(retrieval["size_error_mm"]),
+        "queries": retrieval["queries"],
+        "protocol": "leave-one-out over matched lesions, same-patient neighbours excluded; location in the phantom's body frame",
+    }
+    out["type"]["knn_accuracy"] = _finite(knn)  # type: ignore[index]
+    out["matching"] = _matching(with_embedding, emb, settings)
+    out["timing"] = {"seconds_per_study": _mean(s.seconds for s in analysed)}
+    return out
+
+
+def _matching(lesions: list[MatchedLesion], emb: np.ndarray, settings: Settings) -> dict[str, object]:
+    result: dict[str, object] = {"t1": settings.match_t1, "t2": settings.match_t2, "lesions": len(lesions)}
+    if not lesions:
+        result.update(precision=None, recall=None, tuned=None)
+        return result
+    _, patient = np.unique([m.patient for m in lesions], return_inverse=True)
+    _, study = np.unique([f"{m.patient}/{m.timepoint}" for m in lesions], return_inverse=True)
+    _, truth = np.unique([m.track_id for m in lesions], return_inverse=True)
+    ids = [m.lesion_id for m in lesions]
+    labels = match_lesions(emb, study.ravel(), t1=settings.match_t1, t2=settings.match_t2, patient=patient.ravel())
+    precision, recall = pairwise_accuracy(groups_from_labels(labels, ids), groups_from_labels(truth.ravel(), ids))
+    cohort = SyntheticCohort(
+        embeddings=emb.astype(np.float32),
+        patient=patient.ravel().astype(np.int64),
+        study=study.ravel().astype(np.int64),
+        study_time=np.array([m.timepoint for m in lesions], dtype=np.int64),
+        truth=truth.ravel().astype(np.int64),
+    )
+    tuned = tune_thresholds(cohort)
+    result.update(
+        precision=precision,
+        recall=recall,
+        true_pairs=int(sum(c * (c - 1) // 2 for c in np.bincount(truth.ravel()))),
+        tuned={"t1": tuned.t1, "t2": tuned.t2, "precision": tuned.precision, "recall": tuned.recall, "applied": False},
+    )
+    return result
+
+
+def evaluate_cohort(
+    studies: Iterable[EvalStudy],
+    backend: InferenceBackend,
+    settings: Settings,
+    *,
+    total: int | None = None,
+    froc_threshold: float = 0.05,
+    progress: bool = True,
+) -> tuple[dict[str, object], list[StudyScore]]:
+    """Run and score every study (tqdm progress bar); return the cohort summary and the scores."""
+    from tqdm import tqdm
+
+    if not 0.0 < froc_threshold < 1.0:
+        raise ValueError(f"froc_threshold: must be in (0, 1), got {froc_threshold}")
+    cached = backend if isinstance(backend, DetectorCache) else DetectorCache(backend)
+    scores = []
+    for study in tqdm(studies, total=total, desc="eval", unit="study", disable=not progress):
+        scores.append(evaluate_study(study, cached, froc_threshold=froc_threshold))
+    return summarize(scores, settings), scores
