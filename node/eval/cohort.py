@@ -64,11 +64,12 @@ class EvalStudy:
         return np.array([c * dx + s * dy, -s * dx + c * dy, point[2] - self.pose.get("shift_z_mm", 0.0)])
 
 
-def held_out_scan(rng: np.random.Generator):  # -> ScanParams
+def held_out_scan(rng: np.random.Generator, *, num_slices: int | None = None):  # -> ScanParams
     """Scan parameters of one held-out study (see the module docstring)."""
     from node.synth.phantom import ScanParams
 
     return ScanParams(
+        num_slices=num_slices,
         rows=192,
         columns=192,
         pixel_spacing=float(rng.uniform(1.9, 2.3)),
@@ -80,9 +81,17 @@ def held_out_scan(rng: np.random.Generator):  # -> ScanParams
 
 
 def synthetic_cohort(
-    *, patients: int, timepoints: int, seed: int = HELD_OUT_COHORT_SEED, first_patient: int = 1
+    *,
+    patients: int,
+    timepoints: int,
+    seed: int = HELD_OUT_COHORT_SEED,
+    first_patient: int = 1,
+    num_slices: int | None = None,
 ) -> Iterator[EvalStudy]:
-    """Synthesize ``patients`` x ``timepoints`` held-out studies, one at a time."""
+    """Synthesize ``patients`` x ``timepoints`` held-out studies, one at a time.
+
+    ``num_slices`` fixes the number of slices (centred on each study's coverage) for a quick run.
+    """
     from node.synth.phantom import synthesize_study
 
     if patients < 1:
@@ -91,7 +100,7 @@ def synthetic_cohort(
         raise ValueError(f"timepoints: must be 1-8, got {timepoints}")
     for p in range(first_patient, first_patient + patients):
         for t in range(timepoints):
-            scan = held_out_scan(np.random.default_rng([seed, p, t, 4242]))
+            scan = held_out_scan(np.random.default_rng([seed, p, t, 4242]), num_slices=num_slices)
             study = synthesize_study(p, t, scan=scan, cohort_seed=seed)
             yield EvalStudy(
                 patient=study.patient_id,

@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=8, help="in-memory cohort: patients (default 8)")
     p.add_argument("--timepoints", type=int, default=2, help="in-memory cohort: studies per patient, 1-8 (default 2)")
     p.add_argument("--seed", type=int, default=None, help="in-memory cohort seed (default 9001, held out from training)")
+    p.add_argument("--slices", type=int, default=None, help="in-memory cohort: slices per study, centred on its coverage (quick look; default: whole coverage)")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     p.add_argument("--backend", choices=("onnx", "triton"), default="onnx", help="onnx: in-process ONNX Runtime (default); triton: the running Triton")
     p.add_argument("--froc-threshold", type=float, default=0.05, help="lowest detector score kept for the FROC (default 0.05)")
@@ -48,11 +49,14 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         seed = cohort_mod.HELD_OUT_COHORT_SEED if args.seed is None else args.seed
         if seed == 0:
             warnings.append("cohort seed 0 is the training cohort's seed: these figures are not held out")
-        studies = cohort_mod.synthetic_cohort(patients=args.patients, timepoints=args.timepoints, seed=seed)
+        studies = cohort_mod.synthetic_cohort(
+            patients=args.patients, timepoints=args.timepoints, seed=seed, num_slices=args.slices
+        )
         total = args.patients * args.timepoints
         description = (
             f"in-memory synthetic cohort, seed {seed}, {args.patients} patients x {args.timepoints} timepoints, "
             "192x192 at 1.9-2.3 mm, 2-4 mm slices (held out: other seed and scan parameters than training)"
+            + (f", {args.slices} slices per study" if args.slices else "")
         )
     if not getattr(args, "verbose", False):
         # One INFO line per study from the analyzer would break the progress bar.

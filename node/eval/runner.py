@@ -23,9 +23,22 @@ from node.config import Settings
 from node.eval import metrics
 from node.eval.cohort import EvalStudy
 from node.inference import preprocess as pp
-from node.inference.analyzer import Analysis, Analyzer, Detection, check_volume, decode_detections, group_detections
+from node.inference.analyzer import (
+    Analysis,
+    Analyzer,
+    Detection,
+    check_volume,
+    decode_detections,
+    group_detections,
+)
 from node.inference.backend import InferenceBackend
-from node.lesions.matching import SyntheticCohort, groups_from_labels, match_lesions, pairwise_accuracy, tune_thresholds
+from node.lesions.matching import (
+    SyntheticCohort,
+    groups_from_labels,
+    match_lesions,
+    pairwise_accuracy,
+    tune_thresholds,
+)
 
 logger = logging.getLogger(__name__)
 

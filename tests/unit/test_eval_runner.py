@@ -1,0 +1,203 @@
+"""Scoring a study from hand-made model outputs built from its truth, and one small real run."""
+
+import json
+import zlib
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from node.cli import main
+from node.config import Settings
+from node.eval import cohort as cohort_mod
+from node.eval import runner
+from node.inference import preprocess as pp
+from node.inference.analyzer import Analysis, Detection
+from node.inference.backend import OnnxBackend
+from node.lesions.records import Lesion, LesionType
+from node.synth.phantom import ScanParams, synthesize_study
+
+TYPES = tuple(LesionType)
+
+
+@pytest.fixture(scope="module")
+def studies() -> list[cohort_mod.EvalStudy]:
+    out = []
+    for p, t in ((3, 0), (3, 1), (4, 0), (4, 1)):
+        scan = ScanParams(rows=96, columns=96, pixel_spacing=4.0, slice_thickness=5.0, coverage="chest_abdomen_pelvis", noise_hu=8.0)
+        s = synthesize_study(p, t, scan=scan, cohort_seed=cohort_mod.HELD_OUT_COHORT_SEED)
+        out.append(
+            cohort_mod.EvalStudy(
+                patient=s.patient_id, timepoint=t, volume=s.to_volume(), lesions=list(s.lesions), lesion_labels=s.lesion_labels, pose=s.pose
+            )
+        )
+    assert sum(len(s.lesions) for s in out) >= 4
+    return out
+
+
+def oracle_detections(study: cohort_mod.EvalStudy, canvas: pp.Canvas) -> list[Detection]:
+    """The detections a perfect detector would give: each truth box on its key slice, plus one FP."""
+    _, rs, cs = study.volume.spacing
+    dets = []
+    for lesion in study.lesions:
+        c0, r0, c1, r1 = lesion.box
+        k = int(round(lesion.key_slice / canvas.slice_step))
+        _, r, c = canvas.from_volume(lesion.key_slice, 0.5 * (r0 + r1), 0.5 * (c0 + c1))
+        dets.append(Detection(k=k, row=r, col=c, height_mm=(r1 - r0) * rs, width_mm=(c1 - c0) * cs, score=0.9, type_index=0))
+        # A false positive on the same key image, far away, with a lower score.
+        dets.append(Detection(k=k, row=5.0, col=5.0, height_mm=10.0, width_mm=10.0, score=0.2, type_index=0))
+    return dets
+
+
+def oracle_analysis(study: cohort_mod.EvalStudy) -> Analysis:
+    """What perfect models would return: truth masks, RECIST, and embeddings that encode track and type."""
+    lesions = []
+    for i, lesion in enumerate(study.lesions):
+        mask = study.lesion_labels == lesion.label
+        zs, ys, xs = np.nonzero(mask)
+        lo = (zs.min(), ys.min(), xs.min())
+        # Type in the first 8 values; a direction of its own per track in the other 24, so
+        # different tracks sit about 1.4 apart (beyond t2) and sightings of one track coincide.
+        own = np.random.default_rng(zlib.crc32(f"{study.patient}/{lesion.track_id}".encode())).normal(size=24)
+        emb = np.concatenate([np.eye(8)[TYPES.index(lesion.lesion_type)], own / np.linalg.norm(own)]).astype(np.float32)
+        lesions.append(
+            Lesion(
+                index=i,
+                key_slice=lesion.key_slice,
+                box=lesion.box,
+                score=0.9,
+                lesion_type=lesion.lesion_type,
+                recist=lesion.recist,
+                volume_mm3=lesion.volume_mm3,
+                mask=mask[lo[0] : zs.max() + 1, lo[1] : ys.max() + 1, lo[2] : xs.max() + 1],
+                mask_offset=tuple(int(v) for v in lo),
+                embedding=emb,
+            )
+        )
+    z = study.slice_z()
+    return Analysis(lesions=lesions, body_part_scores=(z / 10.0).astype(np.float32))
+
+
+def test_perfect_models_score_perfectly(studies):
+    scores = []
+    for study in studies:
+        canvas = pp.make_canvas(study.volume.pixels, study.volume.spacing)
+        key_images, key_c, vol_c = runner.score_detections(study, canvas, oracle_detections(study, canvas))
+        assert key_images == len({int(round(les.key_slice / canvas.slice_step)) for les in study.lesions})
+        assert all(c.hits for c in key_c if c.score == 0.9)
+        assert not any(c.hits for c in key_c if c.score == 0.2)
+        matched = runner.score_analysis(study, oracle_analysis(study))
+        assert len(matched) == len(study.lesions)
+        assert all(m.dice == 1.0 and m.long_axis_error_mm == 0.0 for m in matched)
+        scores.append(
+            runner.StudyScore(
+                patient=study.patient,
+                timepoint=study.timepoint,
+                analysed=True,
+                truth_lesions=len(study.lesions),
+                key_images=key_images,
+                key_candidates=key_c,
+                volume_candidates=vol_c,
+                matched=matched,
+                found_lesions=len(matched),
+                spearman=1.0,
+            )
+        )
+    summary = runner.summarize(scores, Settings())
+    assert summary["detection"]["key_slice"]["sensitivity"]["0.5"] == 1.0
+    assert summary["detection"]["per_volume"]["sensitivity"]["4.0"] == 1.0
+    assert summary["segmentation"]["dice"] == 1.0
+    assert summary["recist"]["long_axis_mae_mm"] == 0.0
+    assert summary["type"]["detector_accuracy"] == 1.0
+    m = summary["matching"]
+    assert m["precision"] == 1.0 and m["recall"] == 1.0 and m["true_pairs"] >= 1
+    assert m["tuned"]["applied"] is False
+
+
+def test_missed_lesions_and_wrong_types_lower_the_figures(studies):
+    study = next(s for s in studies if len(s.lesions) >= 2)
+    analysis = oracle_analysis(study)
+    first = analysis.lesions[0]
+    wrong = replace(first, lesion_type=TYPES[(TYPES.index(first.lesion_type) + 1) % 8], recist=replace(first.recist, long_axis_mm=first.recist.long_axis_mm + 3.0))
+    # The first lesion reported twice (the second copy matches nothing) and the others missed.
+    matched = runner.score_analysis(study, replace(analysis, lesions=[wrong, replace(wrong, score=0.1)]))
+    assert len(matched) == 1
+    assert matched[0].long_axis_error_mm == pytest.approx(3.0)
+    assert matched[0].predicted_type != matched[0].truth_type
+    score = runner.StudyScore(patient=study.patient, timepoint=0, analysed=True, truth_lesions=len(study.lesions), key_images=1, matched=matched, found_lesions=2, spearman=0.5)
+    summary = runner.summarize([score], Settings())
+    assert summary["matched_lesions"] == 1 and summary["found_lesions"] == 2
+    assert summary["type"]["detector_accuracy"] == 0.0
+    assert summary["detection"]["key_slice"]["sensitivity"]["16.0"] == 0.0
+
+
+def test_detector_cache_runs_the_detector_once(studies):
+    class Counting:
+        def __init__(self):
+            self.calls = 0
+
+        def infer(self, model, inputs):
+            self.calls += 1
+            return {"out": inputs["image"].sum(axis=(1, 2, 3))}
+
+        def model_versions(self):
+            return {}
+
+        def close(self):
+            pass
+
+    inner = Counting()
+    cache = runner.DetectorCache(inner)
+    a = np.ones((2, 9, 4, 4), np.float32)
+    first = cache.infer("lesion_detector", {"image": a})
+    again = cache.infer("lesion_detector", {"image": a.copy()})
+    assert inner.calls == 1 and cache.hits == 1 and again is first
+    cache.infer("lesion_detector", {"image": a * 2})
+    cache.infer("lesion_segmenter", {"image": a})
+    cache.infer("lesion_segmenter", {"image": a})
+    assert inner.calls == 4
+
+
+def test_eval_command_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = main(["--data-dir", str(tmp_path / "state"), "eval", "--patients", "2", "--timepoints", "1", "--slices", "30", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "synthetic-cohort figures, not clinical" in printed
+    assert "85.65%" in printed and "different data" in printed
+    result = json.loads(out.read_text())
+    s = result["summary"]
+    assert result["label"] == "synthetic-cohort figures, not clinical"
+    assert s["studies"] == 2 and s["studies_analysed"] == 2
+    for kind in ("key_slice", "per_volume"):
+        assert set(s["detection"][kind]["sensitivity"]) == {"0.5", "1.0", "2.0", "4.0", "8.0", "16.0"}
+        assert s["detection"][kind]["criterion"]
+    for key in ("segmentation", "recist", "body_part", "retrieval", "type", "matching"):
+        assert key in s
+    assert {"dice"} <= set(s["segmentation"])
+    assert {"long_axis_mae_mm", "short_axis_mae_mm"} <= set(s["recist"])
+    assert -1.0 <= s["body_part"]["spearman"] <= 1.0
+    assert {"precision_at_5", "location_error_mm", "size_error_mm"} <= set(s["retrieval"])
+    assert "knn_accuracy" in s["type"]
+    assert {"precision", "recall", "t1", "t2", "tuned"} <= set(s["matching"])
+    assert [t["name"] for t in result["targets"]] and all(t["result"] in ("PASS", "FAIL") for t in result["targets"])
+
+
+def test_read_study_from_a_cohort_folder(tmp_path):
+    from node.synth.cohort import write_cohort
+
+    write_cohort(tmp_path, patients=1, timepoints=1, seed=cohort_mod.HELD_OUT_COHORT_SEED, scan=ScanParams(rows=64, columns=64, pixel_spacing=3.0, slice_thickness=5.0, num_slices=12))
+    (folder,) = cohort_mod.study_folders(tmp_path)
+    study = cohort_mod.read_study(folder)
+    direct = synthesize_study(1, 0, scan=ScanParams(rows=64, columns=64, pixel_spacing=3.0, slice_thickness=5.0, num_slices=12), cohort_seed=cohort_mod.HELD_OUT_COHORT_SEED)
+    assert study.volume.pixels.shape == direct.hu.shape
+    assert np.array_equal(study.lesion_labels, direct.lesion_labels)
+    assert [les.lesion_id for les in study.lesions] == [les.lesion_id for les in direct.lesions]
+    assert study.pose == pytest.approx(direct.pose, abs=1e-3)
+
+
+def test_onnx_backend_run_on_one_tiny_study(tmp_path):
+    study = next(cohort_mod.synthetic_cohort(patients=1, timepoints=1, num_slices=20))
+    backend = OnnxBackend(Settings().model_repository)
+    score = runner.evaluate_study(study, runner.DetectorCache(backend))
+    assert score.analysed and score.spearman is not None
