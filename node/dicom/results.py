@@ -269,7 +269,9 @@ def build_result_objects(
     if not resolved:
         groups.append(sr.no_findings_group(provenance=provenance, undetermined=bool(excluded), time_point=tp_context))
 
-    key_list = list({str(ds.SOPInstanceUID): ds for ds in key_images.values()}.values())
+    # highdicom's Image Library descriptors read single-frame attributes (PixelSpacing, ...):
+    # an Enhanced CT source gets no library; its frames are still referenced by the SCOORDs.
+    key_list = [] if multi_frame else list({str(ds.SOPInstanceUID): ds for ds in key_images.values()}.values())
     report = sr.build_report(
         ordered, groups=groups, referenced_images=key_list, provenance=provenance, segmentation=seg
     )

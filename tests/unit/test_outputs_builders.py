@@ -284,3 +284,29 @@ def test_series_without_body_part_still_valid(tmp_path):
     objects = build_result_objects(series, volume, synthetic_lesions(volume, 2, seed=9), provenance=PROVENANCE)
     assert objects.excluded == [] and objects.pr is not None
     assert_valid(objects, tmp_path)
+
+
+def test_enhanced_ct_source(tmp_path):
+    """A multi-frame Enhanced CT (node.synth writer, node.dicom.ingest volume) gives valid objects."""
+    from node.dicom.ingest import assemble_volumes, read_datasets
+    from node.synth.phantom import synthesize_study
+    from node.synth.writer import write_ct_series
+
+    study = synthesize_study(2, 0, small=True)
+    paths = write_ct_series(study, tmp_path / "ct", enhanced=True)
+    datasets, _ = read_datasets(paths)
+    volume = assemble_volumes(datasets).volumes[0]
+    assert volume.frame_numbers and len(datasets) == 1
+    lesions = synthetic_lesions(volume, 2, seed=3, radius_px=6)
+    objects = build_result_objects(datasets, volume, lesions, provenance=PROVENANCE, omit_empty_frames=False)
+    assert objects.excluded == []
+    assert_valid(objects, tmp_path)
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert int(seg.NumberOfFrames) == 2 * volume.shape[0]
+    report = hd.sr.srread(tmp_path / "sr.dcm")
+    for group in report.content.get_image_measurement_groups():
+        lesion = next(x for x in objects.lesions if x.tracking_uid == group.tracking_uid)
+        scoord = group.get_measurements(name=codes.LONG_AXIS)[0].referenced_coordinates[0]
+        reference = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+        assert reference.ReferencedSOPInstanceUID == datasets[0].SOPInstanceUID
+        assert int(reference.ReferencedFrameNumber) == volume.frame_numbers[lesion.key_slice]
