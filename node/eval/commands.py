@@ -69,7 +69,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         models = backend.model_versions()
         summary, _ = evaluate_cohort(studies, backend, settings, total=total, froc_threshold=args.froc_threshold)
     except InferenceError as exc:
-        raise CommandError(f"inference failed: {exc}") from exc
+        hint = " (start the stack with `ainode up`, or use --backend onnx)" if args.backend == "triton" else ""
+        raise CommandError(f"inference failed: {exc}{hint}") from exc
     finally:
         backend.close()
     if any("untrained" in str(v).lower() or "placeholder" in str(v).lower() for v in models.values()):

@@ -89,10 +89,10 @@ def format_table(result: dict) -> str:
         "",
         "detection sensitivity at FPs per image (key slices; " + det["key_slice"]["criterion"] + "):",
         "  " + "  ".join(f"{r}: {_fmt(v)}" for r, v in det["key_slice"]["sensitivity"].items())
-        + f"   ({det['key_slice']['images']} key images)",
+        + f"   ({det['key_slice']['images']} key images, {det['key_slice']['candidates']} candidates)",
         "detection sensitivity at FPs per volume (" + det["per_volume"]["criterion"] + "):",
         "  " + "  ".join(f"{r}: {_fmt(v)}" for r, v in det["per_volume"]["sensitivity"].items())
-        + f"   ({det['per_volume']['images']} volumes)",
+        + f"   ({det['per_volume']['images']} volumes, {det['per_volume']['candidates']} candidates)",
         f"segmentation Dice: {_fmt(s['segmentation']['dice'])}",
         f"RECIST MAE: long {_fmt(s['recist']['long_axis_mae_mm'], 'mm', 2)}, short {_fmt(s['recist']['short_axis_mae_mm'], 'mm', 2)}"
         f" ({s['recist']['without_measurement']} matched lesions without a measurement)",
