@@ -91,3 +91,9 @@ def test_validates_arguments(tmp_path, dist):
 
 def test_app_config_can_keep_overlays():
     assert "shownTours" not in app_config_js(hide_first_run_overlays=False)
+
+
+def test_app_config_appends_extra_script(dist, upstream):
+    with ViewerServer(dist, upstream, 0, extra_script="window.ainodeTest = 1;") as viewer:
+        text = requests.get(viewer.url + "/app-config.js", timeout=5).text
+    assert text.rstrip().endswith("window.ainodeTest = 1;")
