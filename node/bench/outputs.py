@@ -10,6 +10,7 @@ against read + assemble + outputs alone (no models) is printed too.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import tempfile
 import time
@@ -241,6 +242,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             t5 = time.perf_counter()
             for name, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t5 - t4), strict=True):
                 stages[name].append(seconds)
+            excluded = len(objects.excluded)
+            seg_frames = int(objects.seg.NumberOfFrames) if objects.seg else 0
+            # A worker holds one study at a time: drop this one before reading the next.
+            del datasets, volume, lesions, objects
+            gc.collect()
         if analyzer is not None:
             analyzer.backend.close()
     # Each stage's fastest run is the estimate of its cost on a shared machine (as timeit does);
@@ -256,7 +262,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     median_share, _ = shares(median)
     runs = max(1, args.repeat)
     print(f"study: {args.slices} slices {args.size}x{args.size}, {args.lesions} lesions "
-          f"({len(objects.excluded)} left out), SEG frames {int(objects.seg.NumberOfFrames) if objects.seg else 0}; "
+          f"({excluded} left out), SEG frames {seg_frames}; "
           f"fastest (median) of {runs} runs")
     print(f"read files:          {best['read']:.3f} s ({median['read']:.3f})")
     print(f"assemble volume:     {best['assemble']:.3f} s ({median['assemble']:.3f})")
