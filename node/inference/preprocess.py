@@ -88,26 +88,29 @@ def make_canvas(pixels: np.ndarray, spacing: tuple[float, float, float]) -> Canv
     n, rows, cols = pixels.shape
     slice_step = SLICE_MM / spacing[0]
     count = int(np.floor((n - 1) / slice_step)) + 1
-    stack = resample_slices(pixels, np.arange(count) * slice_step)
     row_step = CANVAS_MM / spacing[1]
     col_step = CANVAS_MM / spacing[2]
     half = (CANVAS_SIZE - 1) / 2.0
     row0 = (rows - 1) / 2.0 - half * row_step
     col0 = (cols - 1) / 2.0 - half * col_step
-    # Pre-smooth before downsampling so thin structures do not alias away.
+    # In-plane first (on the original slices), then along z: both are linear and separable,
+    # and the in-plane step shrinks the data before slices are interpolated.
+    stack = np.asarray(pixels, dtype=np.float32)
     sigma = (0.0, max(0.0, (row_step - 1.0) / 2.0), max(0.0, (col_step - 1.0) / 2.0))
     if sigma[1] > 0.1 or sigma[2] > 0.1:
+        # Pre-smooth before downsampling so thin structures do not alias away.
         stack = ndimage.gaussian_filter(stack, sigma=sigma, mode="nearest")
-    out = ndimage.affine_transform(
+    plane = ndimage.affine_transform(
         stack,
         matrix=np.array([1.0, row_step, col_step]),
         offset=(0.0, row0, col0),
-        output_shape=(count, CANVAS_SIZE, CANVAS_SIZE),
+        output_shape=(n, CANVAS_SIZE, CANVAS_SIZE),
         order=1,
         mode="constant",
         cval=HU_MIN,
         prefilter=False,
     )
+    out = resample_slices(plane, np.arange(count) * slice_step)
     return Canvas(
         pixels=window(out),
         slice_step=slice_step,

@@ -20,7 +20,7 @@ ALIASES = {"ssbr": "body_part_regressor", "detector": "lesion_detector", "segmen
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train the lesion models (needs the `train` extra: torch, onnx)")
-    p.add_argument("model", nargs="?", default="all", help=f"all, or one of {', '.join(MODELS)} (aliases: {', '.join(ALIASES)})")
+    p.add_argument("model", nargs="?", default="all", help=f"all, or one or more (comma-separated) of {', '.join(MODELS)} (aliases: {', '.join(ALIASES)})")
     p.add_argument("--patients", type=int, default=160, help="synthetic training patients (default 160)")
     p.add_argument("--val-patients", type=int, default=12, help="synthetic validation patients (default 12)")
     p.add_argument("--cohort-seed", type=int, default=0)
@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="model repository to write (default: settings.model_repository)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply epochs/steps (0.2 for a quick smoke run)")
+    p.add_argument("--detector-epochs", type=int, default=16, help="detector epochs (default 16)")
+    p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
+    p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.set_defaults(func=handle)
 
 
@@ -42,10 +45,11 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         from node.training import datasets, export, train
     except ImportError as exc:
         raise CommandError(f"training needs torch and onnx: `make install-train` ({exc.name} missing)") from exc
-    name = ALIASES.get(args.model, args.model)
-    if name != "all" and name not in MODELS:
-        raise CommandError(f"unknown model {args.model!r}: use all or one of {', '.join(MODELS)}")
-    wanted = MODELS if name == "all" else (name,)
+    names = [ALIASES.get(n, n) for n in args.model.split(",") if n]
+    unknown = [n for n in names if n != "all" and n not in MODELS]
+    if unknown or not names:
+        raise CommandError(f"unknown model {args.model!r}: use all or one or more (comma-separated) of {', '.join(MODELS)}")
+    wanted = MODELS if "all" in names else tuple(m for m in MODELS if m in names)
     out = Path(args.out or settings.model_repository)
     torch.set_num_threads(max(1, args.threads))
     rng = train.seed_everything(args.seed)
@@ -73,11 +77,11 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
     for model_name in wanted:
         if model_name == "body_part_regressor":
-            result = train.train_body_part_regressor(studies, rng=rng, steps=int(500 * scale))
+            result = train.train_body_part_regressor(studies, rng=rng, steps=int(args.ssbr_steps * scale))
         elif model_name == "lesion_detector":
-            result = train.train_lesion_detector(studies, rng=rng, epochs=max(1, int(8 * scale)), validation=validation)
+            result = train.train_lesion_detector(studies, rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation)
         elif model_name == "lesion_segmenter":
-            result = train.train_lesion_segmenter(studies, rng=rng, epochs=max(1, int(10 * scale)), validation=validation)
+            result = train.train_lesion_segmenter(studies, rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
         else:
             ssbr = _ssbr_from_onnx(out)
             result = train.train_lesion_embedder(

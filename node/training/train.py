@@ -317,7 +317,8 @@ def train_lesion_detector(
     model.eval()
     figures = {"final_loss": last}
     if validation:
-        figures.update(evaluate_detector(model, validation))
+        for threshold in (0.3, 0.5):
+            figures.update(evaluate_detector(model, validation, threshold=threshold))
     return TrainResult(
         name="lesion_detector", model=model, figures=figures, seconds=time.perf_counter() - t0, samples=len(samples)
     )
@@ -353,8 +354,8 @@ def evaluate_detector(model: torch.nn.Module, studies: Sequence[TrainStudy], thr
                 )
                 slices += 1
     return {
-        "val_key_slice_sensitivity": hits / max(total, 1),
-        "val_false_positives_per_key_slice": fps / max(slices, 1),
+        f"val_key_slice_sensitivity_at_{threshold}": hits / max(total, 1),
+        f"val_false_positives_per_key_slice_at_{threshold}": fps / max(slices, 1),
         "val_lesions": float(total),
     }
 

@@ -1,0 +1,101 @@
+"""The Analyzer on the committed ONNX models, in-process: answers, refusals and lesion records."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.config import Settings
+from node.inference.analyzer import Analyzer, Detection, check_volume, group_detections
+from node.inference.backend import MODEL_NAMES, ModelNotFoundError, OnnxBackend, TritonBackend, open_backend
+from node.synth.phantom import synthesize_study
+
+REPO = Path(__file__).resolve().parents[2] / "triton_models"
+
+
+@pytest.fixture(scope="module")
+def backend() -> OnnxBackend:
+    return OnnxBackend(REPO, threads=1)
+
+
+@pytest.fixture(scope="module")
+def study():
+    return synthesize_study(3, 0, small=True)
+
+
+@pytest.fixture(scope="module")
+def analysis(backend, study):
+    return Analyzer(backend).analyze(study.to_volume())
+
+
+def test_analysis_of_a_synthetic_study(analysis, study) -> None:
+    volume = study.to_volume()
+    assert analysis.not_analysed is None
+    assert analysis.body_part_scores.shape == (volume.shape[0],)
+    assert set(analysis.model_versions) == set(MODEL_NAMES)
+    assert {"preprocess", "body_part", "detect", "segment", "embed", "total"} <= set(analysis.timings)
+    for lesion in analysis.lesions:
+        assert 0 <= lesion.key_slice < volume.shape[0]
+        assert lesion.embedding is not None and abs(np.linalg.norm(lesion.embedding) - 1) < 1e-3
+        assert lesion.site == lesion.lesion_type.value
+        if lesion.mask is not None:
+            end = np.add(lesion.mask_offset, lesion.mask.shape)
+            assert all(0 <= o for o in lesion.mask_offset) and all(end <= volume.shape)
+            assert lesion.mask.any() and lesion.recist is not None and lesion.volume_mm3 > 0
+            assert lesion.recist.short_axis_mm <= lesion.recist.long_axis_mm
+
+
+def test_body_part_scores_follow_the_slice_order(analysis) -> None:
+    s = analysis.body_part_scores
+    r = np.corrcoef(s, np.arange(len(s)))[0, 1]
+    assert r > 0.9, f"body-part scores do not follow slice order (r={r:.2f})"
+
+
+def _volume(study, **changes):
+    return replace(study.to_volume(), **changes)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda v: {"pixels": v.pixels[:, :40, :40]}, "too small"),
+        (lambda v: {"pixels": v.pixels[:2]}, "too thin"),
+        (lambda v: {"spacing": (8.0, *v.spacing[1:])}, "slice spacing"),
+        (lambda v: {"pixels": np.zeros_like(v.pixels)}, "do not look like CT"),
+        (lambda v: {"spacing": (v.spacing[0], 0.1, 0.1)}, "too small"),
+    ],
+)
+def test_volumes_outside_the_trained_range_are_not_analysed(backend, study, change, reason) -> None:
+    volume = study.to_volume()
+    bad = replace(volume, **change(volume))
+    assert reason in check_volume(bad)
+    result = Analyzer(backend).analyze(bad)
+    assert result.lesions == [] and reason in result.not_analysed
+
+
+def test_missing_model_names_model_and_path(tmp_path: Path) -> None:
+    (tmp_path / "onnx").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"lesion_detector.*onnx/lesion_detector\.onnx"):
+        OnnxBackend(tmp_path).infer("lesion_detector", {"image": np.zeros((1, 9, 256, 256), np.float32)})
+
+
+def test_open_backend_follows_settings() -> None:
+    local = open_backend(Settings(model_repository=REPO))
+    assert isinstance(local, OnnxBackend)
+    remote = open_backend(Settings(model_repository=REPO, triton_url="127.0.0.1:1"))
+    assert isinstance(remote, TritonBackend) and remote.repository.endswith("triton_models/cpu")
+    remote.close()
+    with pytest.raises(ValueError, match="inference_backend"):
+        open_backend(Settings(inference_backend="gpu"))
+
+
+def test_grouping_merges_neighbouring_slices() -> None:
+    def det(k, row, col, score):
+        return Detection(k=k, row=row, col=col, height_mm=20, width_mm=20, score=score, type_index=0)
+
+    groups = group_detections([det(10, 100, 100, 0.9), det(11, 101, 99, 0.8), det(12, 100, 100, 0.7), det(11, 160, 40, 0.6), det(30, 100, 100, 0.95)])
+    assert [len(g) for g in groups] == [1, 3, 1]
+    assert groups[1][0].score == 0.9
