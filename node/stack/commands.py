@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
     p.set_defaults(func=cmd_worker)
 
+    p = subparsers.add_parser("viewer", help="serve OHIF in the foreground, /dicom-web proxied to Orthanc (what `up` starts)")
+    p.add_argument("--port", type=int, default=None, help="default: settings.viewer_port")
+    p.add_argument("--orthanc", default=None, help="Orthanc REST root (default: the running node's)")
+    p.set_defaults(func=cmd_viewer)
+
     p = subparsers.add_parser("jobs", help="list jobs (newest first), or show one with its history")
     p.add_argument("job", nargs="?", type=int, help="a job id to show")
     p.add_argument("--state", default=None, choices=["queued", "running", "done", "failed", "skipped"])
@@ -165,6 +170,29 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         worker.run(stop, max_jobs=args.max_jobs)
     finally:
         db.close()
+    return 0
+
+
+def cmd_viewer(args: argparse.Namespace, settings: Settings) -> int:
+    from node.stack.viewer import DEFAULT_DIST_DIR, ViewerServer
+
+    orthanc = args.orthanc or settings.orthanc_url
+    if not orthanc:
+        raise CommandError("no Orthanc: run `ainode up` or pass --orthanc http://host:8042")
+    auth = (settings.orthanc_username, settings.orthanc_password) if settings.orthanc_username else None
+    try:
+        server = ViewerServer(DEFAULT_DIST_DIR, orthanc.rstrip("/") + "/dicom-web",
+                              args.port if args.port is not None else settings.viewer_port, auth)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    print(f"OHIF at {server.url} (DICOMweb from {orthanc}); Ctrl-C stops", flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
     return 0
 
 

@@ -187,18 +187,19 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
 
 
 def _start_viewer(settings: Settings, orthanc_url: str, run_dir: Path, log_dir: Path, progress) -> str | None:
-    try:
-        from node.stack import viewer as viewer_module
-    except ImportError:
-        return None
-    dist = viewer_module.find_dist() if hasattr(viewer_module, "find_dist") else None
-    if dist is None:
-        progress("viewer     OHIF not installed (deploy/install.sh installs it); skipped")
+    from node.stack.process import check_ports_free, wait_until
+    from node.stack.viewer import DEFAULT_DIST_DIR
+
+    if not (DEFAULT_DIST_DIR / "index.html").is_file():
+        progress("viewer     OHIF is not installed (`deploy/install.sh install-viewer`); skipped")
         return None
     port = _port(settings.viewer_port)
-    start_process("viewer", [sys.executable, "-m", "node.stack.viewer", "--dist", str(dist), "--orthanc", orthanc_url,
-                             "--port", str(port)], run_dir=run_dir, log_dir=log_dir)
+    check_ports_free("viewer", {"viewer": port})
+    proc = start_process("viewer", [sys.executable, "-m", "node.cli", "viewer", "--port", str(port),
+                                    "--orthanc", orthanc_url], run_dir=run_dir, log_dir=log_dir)
     url = f"http://127.0.0.1:{port}"
+    wait_until("viewer", lambda: requests.get(url + "/app-config.js", timeout=2).ok, timeout=30, proc=proc,
+               log_file=log_dir / "viewer.log")
     progress(f"viewer     OHIF at {url}")
     return url
 

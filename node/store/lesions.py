@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EMBEDDING_DIM", "LesionStore", "StudyPatientConflict", "StudyTracking"]
 
-EMBEDDING_DIM = 64
+EMBEDDING_DIM = 32  # the lesion embedder's output; sql/migrations/011 sets the column (tested)
 NO_EMBEDDING = "no_embedding"
 DEFAULT_EF_SEARCH = 500
 

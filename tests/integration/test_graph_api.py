@@ -18,7 +18,7 @@ from node.lesions.api import lesion_routes
 from node.lesions.identity import load_secret, patient_key
 from node.lesions.records import Lesion, LesionType, RecistAxes
 from node.store.db import Database
-from node.store.lesions import LesionStore
+from node.store.lesions import EMBEDDING_DIM, LesionStore
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +38,19 @@ def populated(fresh_database_url: str, tmp_path: Path):
     key = patient_key(patient_id="PID-42", secret=load_secret(tmp_path))
     other = patient_key(patient_id="PID-43", secret=load_secret(tmp_path))
     rng = np.random.default_rng(1)
-    centre = rng.normal(size=64)
+    centre = rng.normal(size=EMBEDDING_DIM)
     centre /= np.linalg.norm(centre)
     db = Database(fresh_database_url)
     store = LesionStore(db)
     for day, size in ((0, 40.0), (60, 20.0)):
         store.record_study(
             patient_key=key, study_instance_uid=f"9.{day}", study_date=dt.date(2021, 1, 1) + dt.timedelta(days=day),
-            series_instance_uid=f"9.{day}.1", lesions=[_lesion(0, centre + 0.01 * rng.normal(size=64) / 8, size)],
+            series_instance_uid=f"9.{day}.1", lesions=[_lesion(0, centre + 0.01 * rng.normal(size=EMBEDDING_DIM) / 8, size)],
             model_versions={"embedder": "e"}, settings=settings,
         )
     store.record_study(
         patient_key=other, study_instance_uid="9.500", study_date=None, series_instance_uid="9.500.1",
-        lesions=[_lesion(0, centre + 0.02 * rng.normal(size=64) / 8, 33.0)], model_versions={}, settings=settings,
+        lesions=[_lesion(0, centre + 0.02 * rng.normal(size=EMBEDDING_DIM) / 8, 33.0)], model_versions={}, settings=settings,
     )
     yield settings, store, key
     db.close()

@@ -13,20 +13,20 @@ import pytest
 from node.config import Settings
 from node.lesions.records import Lesion, LesionType, RecistAxes, ResponseCategory
 from node.store.db import Database, migrate
-from node.store.lesions import LesionStore, StudyPatientConflict
+from node.store.lesions import EMBEDDING_DIM, LesionStore, StudyPatientConflict
 
 pytestmark = pytest.mark.integration
 
 SETTINGS = Settings()
 RNG = np.random.default_rng(7)
-CENTRES = RNG.normal(size=(6, 64))
+CENTRES = RNG.normal(size=(6, EMBEDDING_DIM))
 CENTRES /= np.linalg.norm(CENTRES, axis=1, keepdims=True)
 
 
 def lesion(index: int, centre: int | None, long_mm: float, *, kind: LesionType = LesionType.LIVER, seed: int = 0) -> Lesion:
     emb = None
     if centre is not None:
-        emb = CENTRES[centre] + 0.05 * np.random.default_rng(seed * 100 + index).normal(size=64) / 8
+        emb = CENTRES[centre] + 0.05 * np.random.default_rng(seed * 100 + index).normal(size=EMBEDDING_DIM) / 8
     return Lesion(
         index=index, key_slice=10, box=(1.0, 2.0, 30.0, 40.0), score=0.9, lesion_type=kind,
         recist=RecistAxes(long_axis_mm=long_mm, short_axis_mm=long_mm / 2,
