@@ -14,10 +14,11 @@ install-train:
 demo: install
 	$(AINODE) demo
 
-test: install
+# The model tests train and export with torch (CPU, pinned), so the tests install it.
+test: install-train
 	$(VENV)/bin/pytest -q
 
-test-fast: install
+test-fast: install-train
 	$(VENV)/bin/pytest -q -m "not integration"
 
 lint: install

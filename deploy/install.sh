@@ -17,7 +17,11 @@ install_viewer() {
   if [ -f "$OHIF_DIR/package/dist/index.html" ] && [ "$(cat "$OHIF_DIR/version" 2>/dev/null)" = "$OHIF_VERSION" ]; then
     return 0
   fi
-  command -v npm >/dev/null || { echo "install: npm is missing (apt-get install npm) for the OHIF viewer" >&2; return 1; }
+  if ! command -v npm >/dev/null; then
+    [ "$(id -u)" = 0 ] || { echo "install: npm is missing (apt-get install npm) for the OHIF viewer" >&2; return 1; }
+    echo "install: apt-get install npm (to fetch the OHIF viewer)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
   echo "install: OHIF @ohif/app@$OHIF_VERSION into $OHIF_DIR"
   tmp="$(mktemp -d)"
   (cd "$tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null)
@@ -47,11 +51,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The stamp holds the pyproject hash and the extras installed with it; a request for extras
+# already installed (e.g. `make demo` after `make test`) installs nothing.
 stamp=.venv/.ainode-installed
-want="$(sha256sum pyproject.toml | cut -c1-16) extras=$EXTRAS"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  [ "${AINODE_VIEWER:-1}" = 0 ] || install_viewer || echo "install: OHIF viewer not installed (see above)" >&2
-  exit 0
+hash="$(sha256sum pyproject.toml | cut -c1-16)"
+have_hash="$(cut -d' ' -f1 "$stamp" 2>/dev/null || true)"
+have_extras="$(cut -s -d' ' -f2 "$stamp" 2>/dev/null | sed 's/^extras=//' || true)"
+if [ "$have_hash" = "$hash" ]; then
+  missing_extra=0
+  for e in ${EXTRAS//,/ }; do
+    case ",$have_extras," in *",$e,"*) ;; *) missing_extra=1 ;; esac
+  done
+  if [ $missing_extra = 0 ]; then
+    [ "${AINODE_VIEWER:-1}" = 0 ] || install_viewer || echo "install: OHIF viewer not installed (see above)" >&2
+    exit 0
+  fi
+  EXTRAS="$(printf '%s\n' ${have_extras//,/ } ${EXTRAS//,/ } | sort -u | paste -sd, -)"
 fi
 if [ ! -x .venv/bin/python ]; then
   echo "install: creating .venv with $("$PYTHON" --version)"
@@ -59,8 +74,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "install: pip install -e .[$EXTRAS] (first run takes a few minutes)"
 .venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/python -c "import node, pydicom, pynetdicom, psycopg, pgserver, highdicom, tritonclient.grpc, onnxruntime" \
+if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]" > .venv/pip-install.log 2>&1; then
+  grep -v "is ignored: it is neither a file nor a directory" .venv/pip-install.log | tail -n 30 >&2
+  echo "install: pip install failed (full log: .venv/pip-install.log)" >&2
+  exit 1
+fi
+PYTHONWARNINGS=ignore .venv/bin/python -c "import node, pydicom, pynetdicom, psycopg, pgserver, highdicom, tritonclient.grpc, onnxruntime" \
   || { echo "install: the virtual environment is incomplete; see the pip output above" >&2; exit 1; }
-echo "$want" > "$stamp"
+echo "$hash $EXTRAS" > "$stamp"
 [ "${AINODE_VIEWER:-1}" = 0 ] || install_viewer || echo "install: OHIF viewer not installed (see above)" >&2
