@@ -216,5 +216,6 @@ def register(orthanc: Any, config: Mapping[str, Any]) -> PluginApp:
     orthanc.RegisterOnChangeCallback(app.on_change)
     orthanc.RegisterRestCallback("/ainode/.*", app.on_rest)
     if EXPLORER_JS.is_file():
-        orthanc.ExtendOrthancExplorer(EXPLORER_JS.read_text())
+        js = EXPLORER_JS.read_text().replace("__AINODE_VIEWER_URL__", str(config.get("ViewerUrl") or ""))
+        orthanc.ExtendOrthancExplorer(js)
     return app

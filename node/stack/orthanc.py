@@ -49,6 +49,7 @@ def build_config(
     max_attempts: int = 3,
     modalities: dict[str, list] | None = None,
     credentials: tuple[str, str] | None = None,
+    viewer_url: str | None = None,
 ) -> dict:
     """The Orthanc JSON configuration of the node (the AINode section is read by the plugin)."""
     plugins = [str(DICOMWEB_PLUGIN)]
@@ -84,6 +85,7 @@ def build_config(
             "SitePackages": site_packages(),
             "RepoRoot": str(REPO_ROOT),
             "MaxAttempts": max_attempts,
+            "ViewerUrl": viewer_url or "",
         }
     return config
 
@@ -110,7 +112,9 @@ class EmbeddedOrthanc:
         log_dir: Path | None = None,
         stable_age: int = 5,
         max_attempts: int = 3,
+        viewer_url: str | None = None,
     ) -> None:
+        self.viewer_url = viewer_url
         self.data_dir = Path(data_dir).resolve()
         self.ports = ports
         self.aet = aet
@@ -148,6 +152,7 @@ class EmbeddedOrthanc:
             with_plugin=self.with_plugin,
             stable_age=self.stable_age,
             max_attempts=self.max_attempts,
+            viewer_url=self.viewer_url,
         )
         config_file = self.data_dir / "orthanc.json"
         config_file.write_text(json.dumps(config, indent=2))

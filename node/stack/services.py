@@ -135,6 +135,11 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
             triton_url = triton.grpc_url
             progress(f"triton     ready in {time.monotonic() - t0:4.1f} s  grpc {triton_url}, http {triton.http_url}")
 
+        # The viewer's port is chosen now so that Orthanc Explorer can link to it.
+        from node.stack.viewer import DEFAULT_DIST_DIR
+
+        viewer_port = _port(settings.viewer_port) if viewer and (DEFAULT_DIST_DIR / "index.html").is_file() else None
+
         # Orthanc
         dicom_port: int | None = None
         if settings.orthanc_url:
@@ -147,6 +152,7 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
                 ports=OrthancPorts(http=_port(settings.orthanc_http_port), dicom=_port(settings.orthanc_dicom_port)),
                 aet=settings.orthanc_aet, database_url=database_url, run_dir=run_dir, log_dir=log_dir,
                 stable_age=settings.stable_age_seconds, max_attempts=settings.job_max_attempts,
+                viewer_url=f"http://127.0.0.1:{viewer_port}" if viewer_port else None,
             )
             orthanc.start()
             started.append(orthanc)
@@ -173,7 +179,7 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
 
         # Viewer
         if viewer:
-            state.viewer_url = _start_viewer(settings, orthanc_url, run_dir, log_dir, progress)
+            state.viewer_url = _start_viewer(viewer_port, orthanc_url, run_dir, log_dir, progress)
 
         run_dir.mkdir(parents=True, exist_ok=True)
         state_file(settings).write_text(json.dumps(asdict(state), indent=1))
@@ -186,14 +192,12 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
         raise
 
 
-def _start_viewer(settings: Settings, orthanc_url: str, run_dir: Path, log_dir: Path, progress) -> str | None:
+def _start_viewer(port: int | None, orthanc_url: str, run_dir: Path, log_dir: Path, progress) -> str | None:
     from node.stack.process import check_ports_free, wait_until
-    from node.stack.viewer import DEFAULT_DIST_DIR
 
-    if not (DEFAULT_DIST_DIR / "index.html").is_file():
+    if port is None:
         progress("viewer     OHIF is not installed (`deploy/install.sh install-viewer`); skipped")
         return None
-    port = _port(settings.viewer_port)
     check_ports_free("viewer", {"viewer": port})
     proc = start_process("viewer", [sys.executable, "-m", "node.cli", "viewer", "--port", str(port),
                                     "--orthanc", orthanc_url], run_dir=run_dir, log_dir=log_dir)
