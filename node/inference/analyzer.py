@@ -276,6 +276,11 @@ class Analyzer:
                     break
                 mask[m] = np.isin(labels, overlap)
                 m += direction
+        # RECIST is measured where the lesion is largest: move the key slice there.
+        areas = mask.sum(axis=(1, 2))
+        if areas.any():
+            key_m = int(np.argmax(areas))
+            key_slice = int(slices[key_m])
         return {
             "group": group,
             "key_slice": key_slice,
