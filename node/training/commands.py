@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import logging
 import platform
@@ -55,21 +56,29 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     rng = train.seed_everything(args.seed)
 
     if args.deeplesion is not None:
-        studies = list(datasets.deeplesion_studies(args.deeplesion, max_series=args.max_series))
-        if len(studies) < 4:
-            raise CommandError(f"{args.deeplesion}: found {len(studies)} usable series; need at least 4")
-        validation = studies[-max(1, len(studies) // 10) :]
-        studies = studies[: len(studies) - len(validation)]
-        data_text = f"DeepLesion at {args.deeplesion}: {len(studies)} training series, {len(validation)} validation series"
+        series = sorted(datasets.deeplesion_series(args.deeplesion))[: args.max_series]
+        if len(series) < 4:
+            raise CommandError(f"{args.deeplesion}: found {len(series)} usable series; need at least 4")
+        n_val = max(1, len(series) // 10)
+
+        def studies():
+            return datasets.deeplesion_studies(args.deeplesion, series=series[:-n_val])
+
+        validation = list(datasets.deeplesion_studies(args.deeplesion, series=series[-n_val:]))
+        data_text = f"DeepLesion at {args.deeplesion}: {len(series) - n_val} training series, {n_val} validation series"
     else:
         from tqdm import tqdm
 
-        studies = list(tqdm(datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed), total=args.patients, desc="synthesize", leave=False))
+        def studies():
+            # A fresh pass each time: every trainer reads the cohort once, so memory stays flat.
+            return tqdm(datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed),
+                        total=args.patients, desc="synthetic cohort", leave=False)
+
         validation = list(datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed))
         data_text = (
             f"synthetic cohort (node.synth), cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
-            f"for training ({sum(len(s.lesions) for s in studies)} lesions), patients 10000..{10_000 + args.val_patients - 1} "
-            f"for validation ({sum(len(s.lesions) for s in validation)} lesions); small preset, every third patient at 256x256"
+            f"for training, patients 10000..{10_000 + args.val_patients - 1} for validation "
+            f"({sum(len(s.lesions) for s in validation)} lesions); small preset, every third patient at 256x256"
         )
     version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
     command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])
@@ -77,15 +86,15 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
     for model_name in wanted:
         if model_name == "body_part_regressor":
-            result = train.train_body_part_regressor(studies, rng=rng, steps=int(args.ssbr_steps * scale))
+            result = train.train_body_part_regressor(studies(), rng=rng, steps=int(args.ssbr_steps * scale))
         elif model_name == "lesion_detector":
-            result = train.train_lesion_detector(studies, rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation)
+            result = train.train_lesion_detector(studies(), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation)
         elif model_name == "lesion_segmenter":
-            result = train.train_lesion_segmenter(studies, rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
+            result = train.train_lesion_segmenter(studies(), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
         else:
             ssbr = _ssbr_from_onnx(out)
             result = train.train_lesion_embedder(
-                studies + validation, ssbr=ssbr, rng=rng, steps=int(400 * scale), refine_steps=int(200 * scale)
+                itertools.chain(studies(), validation), ssbr=ssbr, rng=rng, steps=int(400 * scale), refine_steps=int(200 * scale)
             )
         path = out / "onnx" / f"{model_name}.onnx"
         export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data_text[:200]})

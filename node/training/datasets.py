@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,24 +122,38 @@ def read_deeplesion_png(path: Path) -> np.ndarray:
     return (data - 32768).astype(np.float32)
 
 
-def deeplesion_studies(root: Path, *, max_series: int | None = None) -> Iterator[TrainStudy]:
-    """Series of a DeepLesion download at ``root`` (``DL_info.csv`` and ``Images_png/``).
-
-    Each series gives the slices of its ``Slice_range`` and every lesion annotated on it.
-    """
-    root = Path(root)
-    info = root / "DL_info.csv"
+def _read_info(root: Path) -> dict[str, list[dict[str, str]]]:
+    info = Path(root) / "DL_info.csv"
     if not info.is_file():
         raise ValueError(f"root: {info} not found (expected DeepLesion's DL_info.csv)")
     series: dict[str, list[dict[str, str]]] = {}
     with info.open(newline="") as fh:
         for row in csv.DictReader(fh):
-            name = row["File_name"]
-            folder = name.rsplit("_", 1)[0]
+            folder = row["File_name"].rsplit("_", 1)[0]
             series.setdefault(folder, []).append(row)
-    for count, (folder, rows) in enumerate(sorted(series.items())):
+    return series
+
+
+def deeplesion_series(root: Path) -> list[str]:
+    """Series folders (``<patient>_<study>_<series>``) named in ``DL_info.csv``."""
+    return sorted(_read_info(root))
+
+
+def deeplesion_studies(
+    root: Path, *, max_series: int | None = None, series: Sequence[str] | None = None
+) -> Iterator[TrainStudy]:
+    """Series of a DeepLesion download at ``root`` (``DL_info.csv`` and ``Images_png/``).
+
+    Each series gives the slices of its ``Slice_range`` and every lesion annotated on it;
+    ``series`` restricts the folders read (e.g. a train/validation split).
+    """
+    root = Path(root)
+    table = _read_info(root)
+    chosen = sorted(table) if series is None else list(series)
+    for count, folder in enumerate(chosen):
         if max_series is not None and count >= max_series:
             break
+        rows = table[folder]
         first = rows[0]
         lo, hi = (int(v) for v in _floats(first["Slice_range"]))
         sx, sy, sz = _floats(first["Spacing_mm_px_"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,7 +74,7 @@ def _random_crop(stacks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def train_body_part_regressor(
-    studies: Sequence[TrainStudy],
+    studies: Iterable[TrainStudy],
     *,
     rng: np.random.Generator,
     steps: int = 400,
@@ -264,7 +264,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_lesion_detector(
-    studies: Sequence[TrainStudy],
+    studies: Iterable[TrainStudy],
     *,
     rng: np.random.Generator,
     epochs: int = 6,
@@ -404,7 +404,7 @@ def segmenter_samples(
 
 
 def train_lesion_segmenter(
-    studies: Sequence[TrainStudy],
+    studies: Iterable[TrainStudy],
     *,
     rng: np.random.Generator,
     epochs: int = 8,
@@ -497,7 +497,7 @@ class EmbedderData:
     patients: np.ndarray
 
 
-def embedder_data(studies: Sequence[TrainStudy], ssbr: Callable[[TrainStudy], np.ndarray]) -> EmbedderData:
+def embedder_data(studies: Iterable[TrainStudy], ssbr: Callable[[TrainStudy], np.ndarray]) -> EmbedderData:
     images, cues, types, sizes, patients = [], [], [], [], []
     for study in studies:
         if not study.lesions:
@@ -577,7 +577,7 @@ def _knn_labels(features: np.ndarray, seed_idx: np.ndarray, seed_labels: np.ndar
 
 
 def train_lesion_embedder(
-    studies: Sequence[TrainStudy],
+    studies: Iterable[TrainStudy],
     *,
     ssbr: Callable[[TrainStudy], np.ndarray],
     rng: np.random.Generator,
