@@ -330,6 +330,12 @@ class Analyzer:
                 volume_mm3 = float(mask.sum() * ss * rs * cs)
                 rr, cc = np.nonzero(key_mask)
                 rv, cv = float(rr.mean() + off[1]), float(cc.mean() + off[2])
+                box = (
+                    float(cc.min() + off[2]),
+                    float(rr.min() + off[1]),
+                    float(cc.max() + 1 + off[2]),
+                    float(rr.max() + 1 + off[1]),
+                )
                 zs, ys, xs = np.nonzero(mask)
                 lo = (zs.min(), ys.min(), xs.min())
                 hi = (zs.max() + 1, ys.max() + 1, xs.max() + 1)
@@ -337,14 +343,16 @@ class Analyzer:
                 mask_offset = (int(off[0] + lo[0]), int(off[1] + lo[1]), int(off[2] + lo[2]))
             else:
                 notes = ("segmenter gave no mask on the key slice",)
-            half_w = key.width_mm / 2.0 / cs
-            half_h = key.height_mm / 2.0 / rs
+            if lesion_mask is None:
+                half_w = key.width_mm / 2.0 / cs
+                half_h = key.height_mm / 2.0 / rs
+                box = (float(cv - half_w), float(rv - half_h), float(cv + half_w), float(rv + half_h))
             lesion_type = LESION_TYPES[key.type_index]
             lesions.append(
                 Lesion(
                     index=index,
                     key_slice=item["key_slice"],
-                    box=(float(cv - half_w), float(rv - half_h), float(cv + half_w), float(rv + half_h)),
+                    box=box,
                     score=key.score,
                     lesion_type=lesion_type,
                     recist=recist,
