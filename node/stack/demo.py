@@ -32,19 +32,26 @@ def write_demo_studies(out_dir: Path, patient: int) -> list[tuple[str, Path]]:
 
 
 def follow_job(jobs, study_uid: str, timeout: float) -> object:
-    """Print each state change of the study's job until it ends; return the final job."""
-    seen = None
+    """Print each event of the study's job (queued, running, done ...) until it ends; return the job."""
     deadline = time.monotonic() + timeout
     start = time.monotonic()
+    printed = 0
+    waiting_said = False
     while time.monotonic() < deadline:
         job = jobs.get_by_study(study_uid)
-        state = str(job.state) if job else "waiting for Orthanc to call the study stable"
-        if state != seen:
-            print(f"  [{time.monotonic() - start:5.1f} s] job {job.id if job else '-'}: {state}", flush=True)
-            seen = state
-        if job is not None and str(job.state) in ("done", "failed", "skipped"):
-            return job
-        time.sleep(0.5)
+        if job is None:
+            if not waiting_said:
+                print("  waiting for Orthanc to call the study stable ...", flush=True)
+                waiting_said = True
+        else:
+            events = jobs.events(job.id)
+            for event in events[printed:]:
+                message = f" ({event['message']})" if event["message"] else ""
+                print(f"  [{time.monotonic() - start:5.1f} s] job {job.id}: {event['state']}{message}", flush=True)
+            printed = len(events)
+            if str(job.state) in ("done", "failed", "skipped"):
+                return job
+        time.sleep(0.25)
     raise CommandError(f"study {study_uid} did not finish within {timeout:.0f} s; `ainode status` and the logs in .ainode/logs say why")
 
 
