@@ -70,5 +70,13 @@ class OrthancClient:
                                headers={"Content-Type": "application/dicom"}).json()
         return answer["ID"]
 
+    def delete_instance(self, instance_id: str) -> bool:
+        """Delete one instance; False when it was already gone."""
+        try:
+            self._request("DELETE", f"/instances/{instance_id}")
+        except OrthancRefused:
+            return False
+        return True
+
     def system(self) -> dict[str, Any]:
         return self.get_json("/system")

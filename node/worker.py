@@ -126,6 +126,10 @@ class Worker:
                 stage = "store"
                 t0 = time.perf_counter()
                 stored = [self.orthanc.store(ds) for ds in outcome.objects]
+                # New results supersede the previous run's (a study sent again): no duplicates.
+                superseded = [i for i in job.result.get("orthanc_instances", []) if i not in stored]
+                for instance_id in superseded:
+                    self.orthanc.delete_instance(instance_id)
                 last_update = self.orthanc.study(job.orthanc_study_id).get("LastUpdate")
                 self.jobs.mark_results_stored(job, last_update)
                 outcome.timings["store"] = time.perf_counter() - t0

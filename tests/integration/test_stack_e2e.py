@@ -109,6 +109,11 @@ def test_study_sent_again_is_requeued_not_duplicated(stack, ct_study) -> None:
     job, _ = wait_for_job(jobs, study.study_instance_uid)
     assert job.id == first.id and job.generation > first.generation
     assert str(job.state) == "done"
+    # The new results replaced the old ones: one SR series in the study, not two.
+    client = DICOMwebClient(url=state.dicomweb_url)
+    srs = [s for s in client.search_for_series(study.study_instance_uid) if s["00080060"]["Value"][0] == "SR"]
+    assert len(srs) == 1
+    assert set(job.result["orthanc_instances"]).isdisjoint(first.result["orthanc_instances"])
     assert len([j for j in jobs.list(limit=100) if j.study_instance_uid == study.study_instance_uid]) == 1
 
 
