@@ -98,7 +98,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             )
         path = out / "onnx" / f"{model_name}.onnx"
         export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data_text[:200]})
-        _write_card(out, result, data_text=data_text, command=command, version=version, path=path)
+        _write_card(out, result, data_text=data_text, command=command, version=_versions(out)[model_name], path=path)
         print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()))
 
     export.write_triton_configs(out, _versions(out))

@@ -8,11 +8,13 @@ the GPU variant (``triton_models/gpu/<name>``) is a TensorRT plan built from the
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 import torch
 
 from node.training.models import SPECS, ModelSpec
@@ -57,6 +59,7 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key = key
         entry.value = str(value)
+    _stamp(proto)
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
@@ -79,10 +82,29 @@ def set_io_shapes(proto: onnx.ModelProto, spec: ModelSpec) -> None:
             shape.dim.add().dim_value = d
 
 
+def weights_digest(proto: onnx.ModelProto) -> str:
+    """First 8 hex digits of a SHA-256 over the graph's weights: tells two trainings apart."""
+    digest = hashlib.sha256()
+    for init in sorted(proto.graph.initializer, key=lambda t: t.name):
+        digest.update(init.name.encode())
+        digest.update(onnx.numpy_helper.to_array(init).tobytes())
+    return digest.hexdigest()[:8]
+
+
+def _stamp(proto: onnx.ModelProto) -> None:
+    """Suffix the ``version`` metadata with the weights' digest (once)."""
+    for entry in proto.metadata_props:
+        if entry.key == "version":
+            digest = weights_digest(proto)
+            if not entry.value.endswith(digest):
+                entry.value = f"{entry.value}-{digest}"
+
+
 def fix_onnx_file(path: Path, name: str) -> None:
-    """Apply ``set_io_shapes`` to an ONNX file in place."""
+    """Apply ``set_io_shapes`` (and the version's weights digest) to an ONNX file in place."""
     proto = onnx.load(str(path))
     set_io_shapes(proto, SPECS[name])
+    _stamp(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 

@@ -10,7 +10,13 @@ import pytest
 
 from node.config import Settings
 from node.inference.analyzer import Analyzer, Detection, check_volume, group_detections
-from node.inference.backend import MODEL_NAMES, ModelNotFoundError, OnnxBackend, TritonBackend, open_backend
+from node.inference.backend import (
+    MODEL_NAMES,
+    ModelNotFoundError,
+    OnnxBackend,
+    TritonBackend,
+    open_backend,
+)
 from node.synth.phantom import synthesize_study
 
 REPO = Path(__file__).resolve().parents[2] / "triton_models"
@@ -23,7 +29,7 @@ def backend() -> OnnxBackend:
 
 @pytest.fixture(scope="module")
 def study():
-    return synthesize_study(3, 0, small=True)
+    return synthesize_study(10001, 0, small=True)  # a validation patient (training uses 0..159)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def test_analysis_of_a_synthetic_study(analysis, study) -> None:
 def test_body_part_scores_follow_the_slice_order(analysis) -> None:
     s = analysis.body_part_scores
     r = np.corrcoef(s, np.arange(len(s)))[0, 1]
-    assert r > 0.9, f"body-part scores do not follow slice order (r={r:.2f})"
+    assert r > 0.95, f"body-part scores do not follow slice order (r={r:.2f})"
 
 
 def _volume(study, **changes):
@@ -64,6 +70,7 @@ def _volume(study, **changes):
         (lambda v: {"pixels": v.pixels[:, :40, :40]}, "too small"),
         (lambda v: {"pixels": v.pixels[:2]}, "too thin"),
         (lambda v: {"spacing": (8.0, *v.spacing[1:])}, "slice spacing"),
+        (lambda v: {"spacing": (v.spacing[0], 6.0, 6.0)}, "outside the trained range"),
         (lambda v: {"pixels": np.zeros_like(v.pixels)}, "do not look like CT"),
         (lambda v: {"spacing": (v.spacing[0], 0.1, 0.1)}, "too small"),
     ],
