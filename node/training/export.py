@@ -124,7 +124,7 @@ def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained") 
             f'name: "{spec.name}"\nbackend: "python"\nmax_batch_size: {spec.max_batch_size}\n'
         )
         tail = (
-            "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+            "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n"
             "instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]\n"
             'parameters: {\n  key: "onnx_file"\n  value: { string_value: "../../onnx/'
             + spec.name
@@ -137,7 +137,7 @@ def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained") 
             f'name: "{spec.name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {spec.max_batch_size}\n'
         )
         tail = (
-            "dynamic_batching {\n  max_queue_delay_microseconds: 2000\n}\n"
+            "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n"
             "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  }\n]\n"
         )
         tail += _version_parameter(version)

@@ -56,6 +56,8 @@ class TritonPythonModel:
             arrays.append(
                 {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names}
             )
+        if len(arrays) == 1:  # nothing to join: no copy
+            return [self._respond_one(arrays[0])]
         try:
             sizes = [a[self.input_names[0]].shape[0] for a in arrays]
             feeds = {n: np.concatenate([a[n] for a in arrays]) for n in self.input_names}
