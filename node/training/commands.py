@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply epochs/steps (0.2 for a quick smoke run)")
     p.add_argument("--detector-epochs", type=int, default=16, help="detector epochs (default 16)")
+    p.add_argument("--detector-per-lesion", type=int, default=3, help="detector windows per lesion (default 3)")
+    p.add_argument("--detector-negatives", type=int, default=2, help="detector windows without a lesion per study (default 2)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.set_defaults(func=handle)
@@ -88,7 +90,9 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         if model_name == "body_part_regressor":
             result = train.train_body_part_regressor(studies(), rng=rng, steps=int(args.ssbr_steps * scale))
         elif model_name == "lesion_detector":
-            result = train.train_lesion_detector(studies(), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation)
+            result = train.train_lesion_detector(studies(), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
+                per_lesion=args.detector_per_lesion, negatives=args.detector_negatives,
+            )
         elif model_name == "lesion_segmenter":
             result = train.train_lesion_segmenter(studies(), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
         else:

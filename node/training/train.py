@@ -271,9 +271,11 @@ def train_lesion_detector(
     batch_size: int = 16,
     progress: bool = True,
     validation: Sequence[TrainStudy] = (),
+    per_lesion: int = 3,
+    negatives: int = 2,
 ) -> TrainResult:
     t0 = time.perf_counter()
-    samples = detector_samples(studies, rng=rng)
+    samples = detector_samples(studies, rng=rng, per_lesion=per_lesion, negatives=negatives)
     model = build("lesion_detector")
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     total = epochs * ((len(samples) + batch_size - 1) // batch_size)
