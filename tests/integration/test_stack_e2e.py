@@ -165,3 +165,17 @@ def test_stow_rs_study_is_processed(stack, tmp_path: Path) -> None:
     job, _ = wait_for_job(jobs, study.study_instance_uid)
     assert str(job.state) in ("done", "skipped"), job.reason
     assert job.attempts == 1
+
+
+def test_no_phi_in_logs(stack, ct_study) -> None:
+    """Patient name, ID and birth date never reach the node's logs (after the studies above ran)."""
+    settings, state, jobs = stack
+    study, folder = ct_study
+    ds = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    secrets = [str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)]
+    logs = list((Path(settings.data_dir) / "logs").glob("*.log"))
+    assert logs
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"{secret!r} found in {log.name}"
