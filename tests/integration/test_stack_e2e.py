@@ -172,7 +172,8 @@ def test_no_phi_in_logs(stack, ct_study) -> None:
     settings, state, jobs = stack
     study, folder = ct_study
     ds = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
-    secrets = [str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)]
+    secrets = [s for s in (str(ds.PatientName), str(ds.PatientID), str(ds.get("PatientBirthDate", ""))) if len(s) >= 4]
+    assert len(secrets) >= 2
     logs = list((Path(settings.data_dir) / "logs").glob("*.log"))
     assert logs
     for log in logs:
