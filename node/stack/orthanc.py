@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from node.stack.process import ServiceError, check_ports_free, start_process, wait_until
+from node.stack.process import ServiceError, check_ports_free, start_process, stop_child, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -177,15 +177,7 @@ class EmbeddedOrthanc:
         return requests.get(f"{self.url}/ainode/health", timeout=2).ok
 
     def stop(self) -> None:
-        from node.stack.process import stop_pid
-
-        if self.proc is not None and self.proc.poll() is None:
-            stop_pid(self.proc.pid, timeout=20)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        (self.run_dir / f"{self.name}.pid").unlink(missing_ok=True)
+        stop_child(self.proc, self.name, self.run_dir)
 
 
 def python_matches_plugin() -> str | None:

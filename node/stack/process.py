@@ -124,6 +124,17 @@ def stop_pid(pid: int, *, timeout: float = 15.0, group: bool = True) -> None:
         pass
 
 
+def stop_child(proc: subprocess.Popen | None, name: str, run_dir: Path, *, timeout: float = 20.0) -> None:
+    """Stop a service this process started (its whole process group) and forget its pid file."""
+    if proc is not None and proc.poll() is None:
+        stop_pid(proc.pid, timeout=timeout)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    (run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+
 def stop_service(name: str, run_dir: Path, *, timeout: float = 15.0) -> bool:
     pid_file = run_dir / f"{name}.pid"
     pid = read_pid(pid_file)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from node.stack.process import ServiceError, check_ports_free, start_process, stop_pid, wait_until
+from node.stack.process import ServiceError, check_ports_free, start_process, stop_child, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,4 @@ class EmbeddedTriton:
         return requests.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            stop_pid(self.proc.pid, timeout=20)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        (self.run_dir / f"{self.name}.pid").unlink(missing_ok=True)
+        stop_child(self.proc, self.name, self.run_dir)
