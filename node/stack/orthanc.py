@@ -7,7 +7,6 @@ import logging
 import shutil
 import site
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,10 +177,3 @@ class EmbeddedOrthanc:
 
     def stop(self) -> None:
         stop_child(self.proc, self.name, self.run_dir)
-
-
-def python_matches_plugin() -> str | None:
-    """A warning when this interpreter is not ABI-compatible with the plugin's Python 3.11."""
-    if sys.version_info[:2] != (3, 11):
-        return f"Orthanc's Python plugin runs Python 3.11; this environment is {sys.version_info[0]}.{sys.version_info[1]}"
-    return None

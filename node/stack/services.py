@@ -75,6 +75,13 @@ def _port(value: int) -> int:
     return value if value else free_port()
 
 
+def _triton_ready(url: str) -> None:
+    import tritonclient.grpc as grpcclient
+
+    if not grpcclient.InferenceServerClient(url).is_server_ready():
+        raise RuntimeError("Triton answers but is not ready")
+
+
 def _check_url(name: str, url: str, probe) -> None:
     try:
         probe()
@@ -115,10 +122,7 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
 
         # Triton
         if settings.triton_url:
-            import tritonclient.grpc as grpcclient
-
-            _check_url("triton", settings.triton_url,
-                       lambda: grpcclient.InferenceServerClient(settings.triton_url).is_server_ready() or (_ for _ in ()).throw(RuntimeError("not ready")))
+            _check_url("triton", settings.triton_url, lambda: _triton_ready(settings.triton_url))
             triton_url = settings.triton_url
         else:
             t0 = time.monotonic()
