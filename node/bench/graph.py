@@ -1,6 +1,6 @@
 """Lesion graph: Algorithm 1 on a DeepLesion-sized cohort, HNSW retrieval vs exact search, inserts.
 
-Everything runs on synthetic embeddings (64-d) in an embedded Postgres started in a temporary
+Everything runs on synthetic embeddings (of the embedder's size) in an embedded Postgres started in a temporary
 directory. Three parts, each printed with its baseline measured in the same run:
 
 1. matching of 4,427 patients / 10,594 studies / 32,735 lesions (DeepLesion's size) with the
@@ -116,7 +116,8 @@ def _bench_retrieval(store, args: argparse.Namespace, rng: np.random.Generator) 
 
 
 def _bench_inserts(store, settings: Settings, args: argparse.Namespace, rng: np.random.Generator, copy_rate: float | None) -> None:
-    cohort = simulate_cohort(patients=max(args.studies // 3, 1), studies=args.studies, lesions=args.studies * 3, seed=args.seed + 7)
+    cohort = simulate_cohort(patients=max(args.studies // 3, 1), studies=args.studies, lesions=args.studies * 3,
+                             dim=EMBEDDING_DIM, seed=args.seed + 7)
     start = time.perf_counter()
     count = 0
     for study in np.unique(cohort.study):
