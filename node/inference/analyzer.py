@@ -94,7 +94,12 @@ def decode_detections(
     *,
     per_slice: int = 10,
 ) -> list[Detection]:
-    """Peaks of a detector output batch (B, 8, H, W) starting at canvas slice ``k0``."""
+    """Peaks of a detector output batch (B, 8, H, W) starting at canvas slice ``k0``.
+
+    The detector's centre (cell + offset) is in pixel-edge coordinates (canvas pixel r spans
+    r .. r + 1, see ``node.training.train.detector_targets``); detections are in the canvas's
+    pixel-centre coordinates, those of ``Canvas.to_volume``.
+    """
     peak = heatmap.max(axis=1)
     local_max = ndimage.maximum_filter(peak, size=(1, 3, 3), mode="constant") == peak
     b_idx, i_idx, j_idx = np.nonzero(local_max & (peak >= threshold))
@@ -110,8 +115,8 @@ def decode_detections(
         out.append(
             Detection(
                 k=k0 + int(b),
-                row=(i + float(offset[b, 0, i, j])) * pp.HEATMAP_STRIDE,
-                col=(j + float(offset[b, 1, i, j])) * pp.HEATMAP_STRIDE,
+                row=(i + float(offset[b, 0, i, j])) * pp.HEATMAP_STRIDE - 0.5,
+                col=(j + float(offset[b, 1, i, j])) * pp.HEATMAP_STRIDE - 0.5,
                 height_mm=h_mm,
                 width_mm=w_mm,
                 score=float(peak[b, i, j]),

@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=160, help="synthetic training patients (default 160)")
     p.add_argument("--val-patients", type=int, default=12, help="synthetic validation patients (default 12)")
     p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--medium-every", type=int, default=3, help="synthetic cohort: every N-th patient at 256x256, 1.5-1.8 mm (default 3; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="torch / numpy seed")
     p.add_argument("--deeplesion", type=Path, default=None, help="train on a DeepLesion download (DL_info.csv + Images_png/) instead")
     p.add_argument("--max-series", type=int, default=None, help="DeepLesion: at most this many series")
@@ -73,14 +74,16 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
         def studies():
             # A fresh pass each time: every trainer reads the cohort once, so memory stays flat.
-            return tqdm(datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed),
+            return tqdm(datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=args.medium_every),
                         total=args.patients, desc="synthetic cohort", leave=False)
 
         validation = list(datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed))
         data_text = (
             f"synthetic cohort (node.synth), cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
             f"for training, patients 10000..{10_000 + args.val_patients - 1} for validation "
-            f"({sum(len(s.lesions) for s in validation)} lesions); small preset, every third patient at 256x256"
+            f"({sum(len(s.lesions) for s in validation)} lesions); small preset, "
+            + (f"every {args.medium_every}-th training patient at 256x256" if args.medium_every else "no patient at 256x256")
+            + ", every third validation patient at 256x256"
         )
     version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
     command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])

@@ -197,6 +197,8 @@ def detector_targets(objects: list[tuple[int, np.ndarray]], size: int) -> dict[s
     wh = np.zeros((2, h, h), np.float32)
     off = np.zeros((2, h, h), np.float32)
     reg = np.zeros((h, h), np.float32)
+    wh_mask = np.zeros((h, h), np.float32)
+    owner = np.full((h, h), np.inf, np.float32)  # size of the lesion whose size a cell regresses
     yy, xx = np.mgrid[:h, :h]
     for t, mask in objects:
         rr, cc = np.nonzero(mask)
@@ -206,16 +208,24 @@ def detector_targets(objects: list[tuple[int, np.ndarray]], size: int) -> dict[s
         width_mm = (cc.max() - cc.min() + 1) * pp.CANVAS_MM
         if max(height_mm, width_mm) < pp.MIN_LESION_MM:
             continue
+        # Box centre in pixel-edge coordinates (pixel r spans r .. r + 1), which a left-right
+        # flip maps onto itself cell for cell; decode_detections subtracts the half pixel.
         cr = (rr.min() + rr.max() + 1) / 2.0 / pp.HEATMAP_STRIDE
         ccol = (cc.min() + cc.max() + 1) / 2.0 / pp.HEATMAP_STRIDE
         i, j = int(np.clip(np.floor(cr), 0, h - 1)), int(np.clip(np.floor(ccol), 0, h - 1))
         sigma = max(0.6, max(height_mm, width_mm) / pp.CANVAS_MM / pp.HEATMAP_STRIDE / 6.0)
         g = np.exp(-((yy - i) ** 2 + (xx - j) ** 2) / (2 * sigma**2))
         heat[t] = np.maximum(heat[t], g)
-        wh[:, i, j] = (height_mm, width_mm)
+        # Size is learnt on the 3x3 cells around the centre too: a peak one cell off still
+        # decodes the lesion's size. Where lesions meet, the smaller one keeps the cell.
+        extent = max(height_mm, width_mm)
+        near = (np.abs(yy - i) <= 1) & (np.abs(xx - j) <= 1) & (owner > extent)
+        wh[:, near] = np.array([[height_mm], [width_mm]], np.float32)
+        wh_mask[near] = np.where((yy[near] == i) & (xx[near] == j), 1.0, 0.5)
+        owner[near] = extent
         off[:, i, j] = (cr - i, ccol - j)
         reg[i, j] = 1.0
-    return {"heat": heat, "wh": wh, "off": off, "reg": reg}
+    return {"heat": heat, "wh": wh, "off": off, "reg": reg, "wh_mask": wh_mask}
 
 
 def detector_samples(
@@ -298,14 +308,16 @@ def train_lesion_detector(
             wh = torch.from_numpy(np.stack([samples[i]["wh"] for i in idx]))
             off = torch.from_numpy(np.stack([samples[i]["off"] for i in idx]))
             reg = torch.from_numpy(np.stack([samples[i]["reg"] for i in idx]))
+            wh_mask = torch.from_numpy(np.stack([samples[i]["wh_mask"] for i in idx]))
             if flip:
-                heat, wh, reg = heat.flip(-1), wh.flip(-1), reg.flip(-1)
+                heat, wh, reg, wh_mask = heat.flip(-1), wh.flip(-1), reg.flip(-1), wh_mask.flip(-1)
                 off = off.flip(-1)
                 off = torch.stack([off[:, 0], torch.where(reg > 0, 1.0 - off[:, 1], off[:, 1])], dim=1)
             hl, sl, ol = model.forward_logits(x)
             mask = reg[:, None]
             n_reg = mask.sum().clamp(min=1.0)
-            size_loss = (F.l1_loss(sl, torch.log(wh.clamp(min=1.0) / 16.0), reduction="none") * mask).sum() / n_reg
+            size_w = wh_mask[:, None]
+            size_loss = (F.l1_loss(sl, torch.log(wh.clamp(min=1.0) / 16.0), reduction="none") * size_w).sum() / size_w.sum().clamp(min=1.0)
             off_loss = (F.l1_loss(torch.sigmoid(ol), off, reduction="none") * mask).sum() / n_reg
             loss = focal_loss(hl, heat) + size_loss + off_loss
             opt.zero_grad()

@@ -56,6 +56,22 @@ def test_detector_targets_mark_the_centre() -> None:
     centre = ((i + t["off"][0, i, j]) * pp.HEATMAP_STRIDE, (j + t["off"][1, i, j]) * pp.HEATMAP_STRIDE)
     np.testing.assert_allclose(centre, (50.0, 75.0))
     assert t["heat"][[0, 1, 2, 4, 5, 6, 7]].max() == 0.0
+    # Size is also learnt on the 3x3 cells around the centre (half weight).
+    assert t["wh_mask"][i, j] == 1.0 and t["wh_mask"][i - 1 : i + 2, j - 1 : j + 2].sum() == 5.0
+    np.testing.assert_allclose(t["wh"][:, i + 1, j - 1], (20 * pp.CANVAS_MM, 10 * pp.CANVAS_MM))
+
+
+def test_decoded_targets_give_the_box_back() -> None:
+    """Targets read back through decode_detections: the mask's box in pixel-centre coordinates."""
+    from node.inference.analyzer import decode_detections
+
+    mask = np.zeros((128, 128), bool)
+    mask[41:52, 70:77] = True  # rows 41..51, cols 70..76: centre (46, 73), 22 x 14 mm
+    t = train.detector_targets([(5, mask)], 128)
+    (d,) = decode_detections(4, t["heat"][None], t["wh"][None], t["off"][None], 0.5)
+    assert (d.k, d.type_index, d.score) == (4, 5, 1.0)
+    np.testing.assert_allclose((d.row, d.col), (46.0, 73.0), atol=1e-5)
+    np.testing.assert_allclose((d.height_mm, d.width_mm), (11 * pp.CANVAS_MM, 7 * pp.CANVAS_MM))
 
 
 @pytest.mark.parametrize("name", ["lesion_segmenter", "lesion_embedder"])
