@@ -17,6 +17,7 @@ from scipy import ndimage
 from node.imaging.volume import Volume
 from node.inference import preprocess as pp
 from node.inference.backend import InferenceBackend
+from node.inference.dedup import suppress_duplicates
 from node.inference.recist import measure_recist
 from node.lesions.records import Lesion, LesionType
 
@@ -225,7 +226,7 @@ class Analyzer:
         timings["segment"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        lesions = self._embed(volume, canvas, segmented, body_part_scores)
+        lesions = suppress_duplicates(self._embed(volume, canvas, segmented, body_part_scores), volume)
         timings["embed"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         logger.info(
