@@ -53,6 +53,15 @@ class Provenance:
                 raise ValueError(f"model_versions: bad entry {key!r}: {value!r}")
         object.__setattr__(self, "model_versions", MappingProxyType(dict(self.model_versions)))
 
+    def equipment(self) -> dict[str, str]:
+        """The General Equipment attributes every object the node writes carries, as highdicom keywords."""
+        return {
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.model_name,
+            "software_versions": self.software_versions,
+            "device_serial_number": self.device_serial_number,
+        }
+
     @property
     def parameters(self) -> dict[str, str]:
         """Model versions as algorithm parameters."""
