@@ -149,6 +149,18 @@ def _summary(lesion: Lesion, volume_mm3: float | None, segment: int | None) -> s
     return ", ".join(parts)
 
 
+def _date_series(ds: Dataset | None) -> None:
+    """Series Date/Time = when the object was made, so PACS and Orthanc Explorer list it by date."""
+    if ds is None:
+        return
+    date = ds.get("ContentDate") or ds.get("InstanceCreationDate")
+    time_ = ds.get("ContentTime") or ds.get("InstanceCreationTime")
+    if date and "SeriesDate" not in ds:
+        ds.SeriesDate = date
+    if time_ and "SeriesTime" not in ds:
+        ds.SeriesTime = time_
+
+
 def build_result_objects(
     source_images: Sequence[Dataset],
     volume: Volume,
@@ -278,6 +290,8 @@ def build_result_objects(
     pr = None
     if with_presentation_state and resolved:
         pr = build_presentation_state(key_images, resolved, provenance=provenance, frame_numbers=key_frames)
+    for ds in (seg, report, pr):
+        _date_series(ds)
     summary.append(
         f"{len(resolved)} lesion(s) reported, {len(excluded)} left out"
         + (f"; RECIST response {response.category}" if response is not None else "")
