@@ -42,11 +42,6 @@ class Route:
     pattern: str  # regular expression on the path, anchored, groups are handler arguments
     handler: Handler
 
-    def match(self, method: str, path: str) -> re.Match | None:
-        if method != self.method:
-            return None
-        return re.fullmatch(self.pattern, path)
-
 
 def json_response(payload: Any, status: int = 200) -> Response:
     return Response(status=status, body=json.dumps(payload, indent=1, default=str).encode())
@@ -56,11 +51,11 @@ def dispatch(routes: Sequence[Route], method: str, path: str, query: Mapping[str
     """Run the route for ``method path``; any failure becomes a JSON error with its status."""
     allowed = []
     for route in routes:
-        if re.fullmatch(route.pattern, path):
-            allowed.append(route.method)
-            match = route.match(method, path)
-            if match is None:
-                continue
+        match = re.fullmatch(route.pattern, path)
+        if match is None:
+            continue
+        allowed.append(route.method)
+        if route.method == method:
             try:
                 return route.handler(match.groups(), query, body)
             except ApiError as exc:

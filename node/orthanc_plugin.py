@@ -22,6 +22,11 @@ RETRY_SECONDS = 10.0
 EXPLORER_JS = Path(__file__).resolve().parents[1] / "orthanc" / "explorer.js"
 
 
+def _study_uid(info: Mapping[str, Any]) -> str | None:
+    """Study Instance UID from Orthanc's JSON of a study."""
+    return info.get("MainDicomTags", {}).get("StudyInstanceUID")
+
+
 class OrthancLogHandler(logging.Handler):
     """Bridges the node's log records to Orthanc's own log."""
 
@@ -71,10 +76,10 @@ class PluginApp:
             return self._jobs
 
     def routes(self) -> list[Route]:
-        from node.lesions.api import lesion_routes
-        from node.store.lesions import LesionStore
-
         if self._routes is None:
+            from node.lesions.api import lesion_routes
+            from node.store.lesions import LesionStore
+
             routes = [Route(method="GET", pattern=r"/ainode/health", handler=self._health)]
             routes += job_routes(self.jobs(), enqueue_study=self._enqueue_by_id)
             routes += lesion_routes(LesionStore(self._db))
@@ -91,7 +96,7 @@ class PluginApp:
 
     def _enqueue_by_id(self, orthanc_study_id: str) -> dict[str, Any]:
         info = self._study_info(orthanc_study_id)
-        uid = info.get("MainDicomTags", {}).get("StudyInstanceUID")
+        uid = _study_uid(info)
         queued = self.jobs().enqueue(orthanc_study_id, uid, max_attempts=self._max_attempts)
         return {"job_id": queued.job_id, "generation": queued.generation, "study_instance_uid": uid}
 
@@ -101,7 +106,7 @@ class PluginApp:
         except Exception as exc:  # the study was deleted meanwhile
             logger.warning("study %s vanished before it could be queued: %s", orthanc_study_id, exc)
             return
-        uid = info.get("MainDicomTags", {}).get("StudyInstanceUID")
+        uid = _study_uid(info)
         try:
             queued = self.jobs().enqueue(
                 orthanc_study_id, uid, max_attempts=self._max_attempts, last_update=info.get("LastUpdate")
@@ -130,7 +135,7 @@ class PluginApp:
         while not self._stop.is_set():
             studies = json.loads(self._orthanc.RestApiGet(f"/studies?expand&since={since}&limit={page}"))
             for study in studies:
-                uid = study.get("MainDicomTags", {}).get("StudyInstanceUID")
+                uid = _study_uid(study)
                 if self.jobs().enqueue_if_absent(study["ID"], uid, max_attempts=self._max_attempts):
                     queued += 1
             if len(studies) < page:

@@ -193,9 +193,8 @@ def _done_reason(outcome: StudyOutcome) -> str | None:
     notes = []
     if outcome.excluded:
         notes.append(f"{len(outcome.excluded)} lesion(s) left out of the objects")
-    warnings = [p for p in outcome.problems]
-    if warnings:
-        notes.append("; ".join(warnings[:3]))
+    if outcome.problems:
+        notes.append("; ".join(outcome.problems[:3]))
     return "; ".join(notes) or None
 
 

@@ -70,12 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _stack_settings(settings: Settings) -> Settings:
-    from node.stack.services import effective_settings
-
-    return effective_settings(settings)
-
-
 # -- up / down / status --------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from node.stack.services import up
@@ -162,8 +156,7 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from node.worker import build_worker
 
-    eff = _stack_settings(settings)
-    worker, db = build_worker(eff, index=args.index)
+    worker, db = build_worker(settings, index=args.index)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -200,11 +193,10 @@ def _jobs_store(settings: Settings):
     from node.store.db import Database, DatabaseUnavailable
     from node.store.jobs import JobStore
 
-    eff = _stack_settings(settings)
-    if not eff.database_url:
+    if not settings.database_url:
         raise CommandError("no database: run `ainode up` or set AINODE_DATABASE_URL")
     try:
-        db = Database(eff.database_url, timeout=5)
+        db = Database(settings.database_url, timeout=5)
     except DatabaseUnavailable as exc:
         raise CommandError(str(exc)) from None
     return JobStore(db), db
@@ -261,11 +253,10 @@ def cmd_rerun(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from node.store.db import DatabaseUnavailable, migrate
 
-    eff = _stack_settings(settings)
-    if not eff.database_url:
+    if not settings.database_url:
         raise CommandError("no database: set AINODE_DATABASE_URL or run `ainode up` (which migrates)")
     try:
-        applied = migrate(eff.database_url)
+        applied = migrate(settings.database_url)
     except DatabaseUnavailable as exc:
         raise CommandError(str(exc)) from None
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; database is up to date"))

@@ -5,21 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import site
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from node.stack.process import ServiceError, check_ports_free, start_process, stop_child, wait_until
+from node.config import REPO_ROOT
+from node.stack.process import (
+    ServiceError,
+    check_ports_free,
+    node_import_paths,
+    start_process,
+    stop_child,
+    wait_until,
+)
 
 logger = logging.getLogger(__name__)
 
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 PYTHON_PLUGIN = PLUGIN_DIR / "libOrthancPython.so"
 DICOMWEB_PLUGIN = PLUGIN_DIR / "libOrthancDicomWeb.so"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_SCRIPT = REPO_ROOT / "orthanc" / "plugin.py"
 
 
@@ -81,18 +87,11 @@ def build_config(
         config["PythonVerbose"] = False
         config["AINode"] = {
             "DatabaseUrl": database_url,
-            "SitePackages": site_packages(),
-            "RepoRoot": str(REPO_ROOT),
+            "SitePackages": node_import_paths(),
             "MaxAttempts": max_attempts,
             "ViewerUrl": viewer_url or "",
         }
     return config
-
-
-def site_packages() -> list[str]:
-    """Where the plugin's interpreter (Debian's Python 3.11) finds the node and its dependencies."""
-    paths = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    return paths + [str(REPO_ROOT)]
 
 
 class EmbeddedOrthanc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import site
 import socket
 import subprocess
 import time
@@ -16,6 +17,13 @@ logger = logging.getLogger(__name__)
 
 class ServiceError(RuntimeError):
     """A service could not be started or reached; the message names it and says what to do."""
+
+
+def node_import_paths() -> list[str]:
+    """Where another interpreter (Orthanc's plugin, Triton's stub) finds the node and its dependencies."""
+    from node.config import REPO_ROOT
+
+    return [p for p in site.getsitepackages() if Path(p).is_dir()] + [str(REPO_ROOT)]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -51,10 +51,14 @@ def load_state(settings: Settings) -> StackState | None:
         return None
 
 
+def recorded_services(run_dir: Path, pattern: str = "*") -> list[str]:
+    """Names of the services `up` recorded a pid file for (alive or not), sorted."""
+    return sorted(p.stem for p in run_dir.glob(f"{pattern}.pid")) if run_dir.is_dir() else []
+
+
 def stack_running(settings: Settings) -> bool:
     """Whether a stack started from this data directory still has a live process."""
-    names = ("orthanc", "triton", "viewer", *(f"worker-{i}" for i in range(64)))
-    if any(read_pid(settings.run_dir / f"{n}.pid") for n in names):
+    if any(read_pid(settings.run_dir / f"{n}.pid") for n in recorded_services(settings.run_dir)):
         return True
     return (settings.data_dir / "postgres" / "postmaster.pid").exists()
 
@@ -191,8 +195,8 @@ def up(settings: Settings, *, workers: int | None = None, viewer: bool = True, p
     except BaseException:
         for service in reversed(started):
             service.stop()
-        for i in range(workers if workers is not None else settings.workers):
-            stop_service(f"worker-{i}", run_dir)
+        for name in recorded_services(run_dir, "worker-*"):
+            stop_service(name, run_dir)
         raise
 
 
@@ -218,7 +222,7 @@ def down(settings: Settings, *, progress=print) -> list[str]:
 
     run_dir = settings.run_dir.resolve()
     stopped = []
-    names = sorted(p.stem for p in run_dir.glob("*.pid")) if run_dir.is_dir() else []
+    names = recorded_services(run_dir)
     order = [n for n in names if n.startswith("worker-")] + [n for n in ("viewer", "orthanc", "triton") if n in names]
     for name in order:
         if stop_service(name, run_dir):
@@ -279,8 +283,7 @@ def status(settings: Settings) -> dict[str, Any]:
         services["orthanc"] = {"ok": False, "error": "not configured and not running (`ainode up`)"}
 
     run_dir = settings.run_dir
-    workers = sorted(p.stem for p in run_dir.glob("worker-*.pid")) if run_dir.is_dir() else []
-    alive = [w for w in workers if read_pid(run_dir / f"{w}.pid")]
+    alive = [w for w in recorded_services(run_dir, "worker-*") if read_pid(run_dir / f"{w}.pid")]
     services["workers"] = {"ok": bool(alive) or (state is not None and state.workers == 0),
                            "running": len(alive), "expected": state.workers if state else 0}
     if state is not None and state.viewer_url:

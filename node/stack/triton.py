@@ -19,11 +19,18 @@ from pathlib import Path
 
 import requests
 
-from node.stack.process import ServiceError, check_ports_free, start_process, stop_child, wait_until
+from node.config import REPO_ROOT
+from node.stack.process import (
+    ServiceError,
+    check_ports_free,
+    node_import_paths,
+    start_process,
+    stop_child,
+    wait_until,
+)
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CPU_REPOSITORY = REPO_ROOT / "triton_models" / "cpu"
 
 
@@ -64,7 +71,7 @@ def prepare_backends(target: Path) -> Path:
 
 def stub_environment() -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR") or ""
-    paths = [p for p in site.getsitepackages() if Path(p).is_dir()] + [str(REPO_ROOT)]
+    paths = node_import_paths()
     # The stub links against the CUDA runtime bundled beside the wheel (unused on CPU).
     bundled = [str(Path(p) / "nvidia_pytriton.libs") for p in site.getsitepackages()
                if (Path(p) / "nvidia_pytriton.libs").is_dir()]

@@ -18,9 +18,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from node.config import REPO_ROOT
+
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIST_DIR = REPO_ROOT / ".venv" / "ohif" / "package" / "dist"
 DICOMWEB_PREFIX = "/dicom-web"
 _HOP_BY_HOP = {
