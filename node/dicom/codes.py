@@ -24,12 +24,15 @@ LYMPH_NODE: Code = codes.SCT.LymphNode
 NEOPLASM: Code = codes.SCT.Neoplasm
 
 # Measurements.
-LONG_AXIS: Code = codes.SCT.LongAxis
-SHORT_AXIS: Code = codes.SCT.ShortAxis
+# PS3.16 CID 7470 spells them "Long Axis" / "Short Axis" (pydicom: "Long axis"); OHIF's RECIST
+# (Bidirectional) reader finds the axes by exactly this meaning.
+LONG_AXIS: Code = Code(codes.SCT.LongAxis.value, "SCT", "Long Axis")
+SHORT_AXIS: Code = Code(codes.SCT.ShortAxis.value, "SCT", "Short Axis")
 DIAMETER: Code = codes.SCT.Diameter
 VOLUME: Code = codes.SCT.Volume
 VOLUME_FROM_VOXELS: Code = codes.DCM.SumOfSegmentedVoxelMethodForVolume
 FINDING_SITE: Code = codes.SCT.FindingSite
+COMMENT: Code = codes.DCM.Comment
 MILLIMETER: Code = codes.UCUM.Millimeter
 CUBIC_MILLIMETER: Code = codes.UCUM.CubicMillimeter
 UNITLESS: Code = Code("1", "UCUM", "no units")

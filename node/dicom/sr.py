@@ -19,6 +19,23 @@ SR_SERIES_NUMBER = 9702
 SR_SERIES_DESCRIPTION = "ainode lesion measurements"
 #: Tracking identifiers of study-level groups (response, no findings) start with this.
 STUDY_GROUP_PREFIX = "ainode study: "
+#: OHIF v3 loads a TID 1501 group into its measurement panel only when the group's Tracking
+#: Identifier starts with its tool's tag (cornerstone3D adapters, ``startsWith``); RECIST long and
+#: short axes are its Bidirectional tool. The lesion's own ID follows after a colon.
+OHIF_RECIST_TAG = "Cornerstone3DTools@^0.1.0:Bidirectional"
+
+
+def recist_tracking_identifier(tracking_id: str) -> str:
+    """Tracking Identifier of a lesion's RECIST group: ``OHIF_RECIST_TAG:<lesion ID>``."""
+    if not tracking_id or not tracking_id.strip():
+        raise ValueError("tracking_id: must not be blank")
+    return f"{OHIF_RECIST_TAG}:{tracking_id}"
+
+
+def lesion_tracking_id(identifier: str) -> str:
+    """The lesion ID in a Tracking Identifier the node wrote, with or without the OHIF tag."""
+    prefix = f"{OHIF_RECIST_TAG}:"
+    return identifier[len(prefix):] if identifier.startswith(prefix) else identifier
 
 
 def image_coordinates(point: tuple[float, float]) -> tuple[float, float]:
@@ -62,7 +79,10 @@ def recist_group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501 group: tracking identifier, RECIST 1.1, finding type and site, long and short axis.
 
-    ``image`` is the key slice's source instance; the axes are drawn on it as POLYLINEs.
+    ``image`` is the key slice's source instance; the axes are drawn on it as POLYLINEs. The
+    Tracking Identifier is ``recist_tracking_identifier(lesion.tracking_id)`` and a Comment
+    (121106, DCM) holds the lesion ID alone, which OHIF shows as the measurement's label; the
+    Tracking UID is the lesion's.
     """
     if lesion.recist is None:
         raise ValueError(f"lesion: lesion {lesion.index} has no RECIST axes")
@@ -77,8 +97,10 @@ def recist_group(
                 value=codes.TARGET_LESION_AT_BASELINE if target else codes.NON_TARGET_LESION_AT_BASELINE,
             )
         ]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_id),
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=lesion.tracking_uid, identifier=recist_tracking_identifier(lesion.tracking_id)
+        ),
         time_point_context=time_point,
         finding_type=codes.LESION,
         method=codes.RECIST_1_1,
@@ -95,6 +117,15 @@ def recist_group(
             )
         ],
     )
+    # TID 1501 is extensible; highdicom has no argument for a comment.
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.COMMENT,
+            value=str(lesion.tracking_id)[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return group
 
 
 def referenced_segment(segmentation: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:
@@ -221,9 +252,19 @@ def build_report(
         referenced_images=list(referenced_images) or None,
     )
     evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
+    _check_references(report, evidence)
+    # highdicom deep-copies and re-parses the whole content tree, then walks it again for the
+    # evidence: 2/3 of the SR's build time on a 10-lesion study. The document is built around
+    # the root container alone, the content tree goes in as built and is parsed once, in place.
+    root = report[0]
+    stub = Dataset()
+    for element in root:
+        if element.keyword != "ContentSequence":
+            stub.add(element)
+    stub.ContentSequence = []
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
-        content=report,
+        content=stub,
         series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
         sop_instance_uid=hd.UID(),
@@ -233,16 +274,35 @@ def build_report(
         is_complete=True,
         is_final=True,
     )
+    sr.ContentSequence = root.ContentSequence
+    sr = hd.sr.Comprehensive3DSR.from_dataset(sr, copy=False)
     logger.info("SR %s: %d groups for study %s", sr.SOPInstanceUID, len(groups), sr.StudyInstanceUID)
     return sr
 
 
+def _referenced_instances(items: Sequence[Dataset]) -> set[str]:
+    uids: set[str] = set()
+    for item in items:
+        if "ReferencedSOPSequence" in item and item.ValueType in ("IMAGE", "COMPOSITE"):
+            uids.update(str(ref.ReferencedSOPInstanceUID) for ref in item.ReferencedSOPSequence)
+        if "ContentSequence" in item:
+            uids |= _referenced_instances(item.ContentSequence)
+    return uids
+
+
+def _check_references(report: hd.sr.MeasurementReport, evidence: Sequence[Dataset]) -> None:
+    """Every instance the content references must be in the evidence (highdicom's own check)."""
+    missing = _referenced_instances(report) - {str(ds.SOPInstanceUID) for ds in evidence}
+    if missing:
+        raise ValueError(f"groups: reference instances missing from the evidence, e.g. {sorted(missing)[0]}")
+
+
 def tracking_of_groups(sr: Dataset) -> Mapping[str, str]:
-    """Tracking UID to tracking identifier of every lesion's TID 1501 group in a report."""
+    """Tracking UID to lesion ID (``lesion_tracking_id``) of every lesion's TID 1501 group."""
     report = hd.sr.srread(sr) if not isinstance(sr, hd.sr.Comprehensive3DSR) else sr
     groups = report.content.get_image_measurement_groups()
     return {
-        g.tracking_uid: g.tracking_identifier
+        g.tracking_uid: lesion_tracking_id(str(g.tracking_identifier))
         for g in groups
         if g.tracking_uid is not None and not str(g.tracking_identifier).startswith(STUDY_GROUP_PREFIX)
     }

@@ -15,7 +15,7 @@ from node.bench.outputs import assemble_volume, synthetic_ct_series, synthetic_l
 from node.dicom import codes
 from node.dicom.provenance import Provenance
 from node.dicom.results import ResultObjects, build_result_objects
-from node.dicom.sr import STUDY_GROUP_PREFIX, tracking_of_groups
+from node.dicom.sr import OHIF_RECIST_TAG, STUDY_GROUP_PREFIX, lesion_tracking_id, tracking_of_groups
 from node.lesions.records import Lesion, RecistAxes, ResponseAssessment, ResponseCategory
 
 PROVENANCE = Provenance(model_versions={"detector": "1.2", "segmenter": "0.9"})
@@ -86,7 +86,11 @@ def test_baseline_objects_valid_and_read_back(study, tmp_path):
     key_uid = dict(zip(range(20), volume.sop_instance_uids, strict=True))
     for group in groups:
         lesion = next(x for x in objects.lesions if x.tracking_uid == group.tracking_uid)
-        assert group.tracking_identifier == lesion.tracking_id
+        # OHIF's tag first (so OHIF lists the measurement), the lesion ID after it and as the comment.
+        assert group.tracking_identifier == f"{OHIF_RECIST_TAG}:{lesion.tracking_id}"
+        assert lesion_tracking_id(group.tracking_identifier) == lesion.tracking_id
+        comments = [item for item in group[0].ContentSequence if item.name == codes.COMMENT]
+        assert [item.value for item in comments] == [lesion.tracking_id]
         assert group.method == codes.RECIST_1_1
         assert group.finding_type == codes.LESION
         assert [s.value for s in group.finding_sites] == [codes.LESION_TYPE_SITES[lesion.lesion_type]]
@@ -151,7 +155,7 @@ def test_follow_up_keeps_tracking_and_writes_response(study, tmp_path):
     report = hd.sr.srread(tmp_path / "sr.dcm")
     groups = report.content.get_image_measurement_groups()
     tracked = [g for g in groups if not g.tracking_identifier.startswith(STUDY_GROUP_PREFIX)]
-    assert {g.tracking_uid: g.tracking_identifier for g in tracked} == {uids[0]: "T1", uids[1]: "T2"}
+    assert {g.tracking_uid: lesion_tracking_id(g.tracking_identifier) for g in tracked} == {uids[0]: "T1", uids[1]: "T2"}
     assert tracking_of_groups(report) == {uids[0]: "T1", uids[1]: "T2"}
     for group in tracked:
         assert [s.value for s in group.finding_sites] == [codes.SITES["liver"]]
