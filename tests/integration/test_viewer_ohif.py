@@ -1,9 +1,11 @@
-"""OHIF served by the node shows a processed study's TID 1500 SR with its RECIST lines drawn.
+"""OHIF served by the node draws a processed study's TID 1500 SR and lists its RECIST measurements.
 
 Starts Debian's Orthanc (DICOMweb plugin) on free ports, stores a synthetic CT with the node's
 SEG, SR and presentation state, serves OHIF with the node's ViewerServer and opens the SR in
-headless Chromium driven over the DevTools protocol. The screenshot is kept under
-.ainode/test-artifacts/ohif_sr.png.
+headless Chromium driven over the DevTools protocol: the SR viewport draws the axes, OHIF asks
+whether to track the report's measurements, the test answers Yes and OHIF's measurement panel
+lists one row per lesion (its ID, long and short axis). The screenshot of that state is kept
+under .ainode/test-artifacts/ohif_sr.png.
 """
 
 from __future__ import annotations
@@ -40,7 +42,23 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--window-size=1400,900",
 ]
-LABEL = re.compile(r"(Long axis|Short axis): ([0-9.]+) mm")
+#: An axis as OHIF's SR viewport draws it: "L: " / "W: " stand for Long Axis / Short Axis.
+LABEL = re.compile(r"\b([LW]): : ([0-9.]+) mm")
+PANEL = '[data-cy="trackedMeasurements-panel"]'
+#: One step of driving OHIF: answer its "track measurements?" prompt with Yes, open the tracked
+#: measurements panel if it is closed, and report the panel's rows.
+DRIVE = """((answer) => {
+  const yes = [...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Yes');
+  if (yes && answer) { yes.click(); }
+  if (!document.querySelector('__PANEL__')) {
+    const tab = document.querySelector('[data-cy="trackedMeasurements-btn"]');
+    if (tab) { tab.click(); }
+  }
+  const rows = [...document.querySelectorAll('__PANEL__ [data-cy^="measurement-table-row-"]')].map(r => r.innerText);
+  const panel = document.querySelector('__PANEL__');
+  return JSON.stringify({asked: !!yes, rows, panel: panel ? panel.innerText : null});
+})(__ANSWER__)""".replace("__PANEL__", PANEL)
+ROW_AXES = re.compile(r"L: ([0-9.]+) mm\s*W: ([0-9.]+) mm")
 
 
 class DevTools:
@@ -114,10 +132,14 @@ class DevTools:
         self.sock.close()
 
 
-def open_and_capture(chromium: str, url: str, screenshot: Path, profile: Path, *, labels: int,
-                     timeout: float = 120.0) -> str:
-    """Open ``url`` in headless Chromium, wait until ``labels`` measurement labels are drawn (or
-    ``timeout``), save a screenshot and return the page's HTML."""
+def open_and_capture(chromium: str, url: str, screenshot: Path, profile: Path, *, labels: int, rows: int,
+                     timeout: float = 150.0) -> tuple[str, set[tuple[str, str]], dict]:
+    """Open ``url`` in headless Chromium and drive OHIF until its panel lists ``rows`` measurements.
+
+    OHIF's prompt to track the SR's measurements is answered only once ``labels`` axis labels
+    were drawn by the SR viewport (or after 60 s). Saves a screenshot of the final state and
+    returns the page's HTML, the SR viewport's axis labels and the last driver state.
+    """
     port = free_port()
     proc = subprocess.Popen(
         [chromium, *CHROMIUM_FLAGS, f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "about:blank"],
@@ -139,17 +161,23 @@ def open_and_capture(chromium: str, url: str, screenshot: Path, profile: Path, *
         try:
             page.call("Page.enable")
             page.call("Page.navigate", url=url)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if len(LABEL.findall(str(page.evaluate("document.documentElement.outerHTML") or ""))) >= labels:
+            start = time.monotonic()
+            seen: set[tuple[str, str]] = set()
+            state: dict = {}
+            while time.monotonic() < start + timeout:
+                seen |= set(LABEL.findall(str(page.evaluate("document.documentElement.outerHTML") or "")))
+                answer = len(seen) >= labels or time.monotonic() > start + 60
+                state = json.loads(str(page.evaluate(DRIVE.replace("__ANSWER__", "true" if answer else "false"))))
+                if len(state["rows"]) >= rows:
                     break
                 time.sleep(1.0)
             time.sleep(2.0)  # let the last frame settle before the screenshot
+            state = json.loads(str(page.evaluate(DRIVE.replace("__ANSWER__", "false"))))
             html = str(page.evaluate("document.documentElement.outerHTML") or "")
             screenshot.write_bytes(base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
         finally:
             page.close()
-        return html
+        return html, seen, state
     finally:
         proc.terminate()
         try:
@@ -198,8 +226,20 @@ def test_ohif_draws_and_lists_recist_measurements(tmp_path):
                 short_axis_endpoints=tuple((c, r + shift) for c, r in second.recist.short_axis_endpoints),
             ),
         )
+    # Other lengths than the first lesion's, with axes drawn to those lengths: OHIF lists lengths
+    # it measures on the drawn axes, the SR viewport the values written.
+    (c0, r0), (c1, _) = second.recist.long_axis_endpoints
+    cc, col_mm, row_mm = (c0 + c1) / 2, volume.spacing[2], volume.spacing[1]
+    half_long, half_short = 15.3 / 2 / col_mm, 9.1 / 2 / row_mm
     second = dataclasses.replace(
-        second, recist=dataclasses.replace(second.recist, long_axis_mm=15.3, short_axis_mm=9.1)
+        second,
+        recist=dataclasses.replace(
+            second.recist,
+            long_axis_mm=15.3,
+            short_axis_mm=9.1,
+            long_axis_endpoints=((cc - half_long, r0), (cc + half_long, r0)),
+            short_axis_endpoints=((cc, r0 - half_short), (cc, r0 + half_short)),
+        ),
     )
     lesions = [first, second]
     _paint(series, volume, lesions)
@@ -232,7 +272,7 @@ def test_ohif_draws_and_lists_recist_measurements(tmp_path):
 
         url = viewer.url_for_study(volume.study_instance_uid) + f"&initialSeriesInstanceUID={objects.sr.SeriesInstanceUID}"
         shot = tmp_path / "ohif_sr.png"
-        dom = open_and_capture(chromium, url, shot, tmp_path / "chromium", labels=4)
+        dom, drawn, state = open_and_capture(chromium, url, shot, tmp_path / "chromium", labels=4, rows=2)
     finally:
         viewer.stop()
         orthanc.stop()
@@ -242,13 +282,28 @@ def test_ohif_draws_and_lists_recist_measurements(tmp_path):
     shutil.copy(shot, ARTIFACTS / "ohif_sr.png")
     (ARTIFACTS / "ohif_sr.html").write_text(dom)
 
-    # The SR is the displayed series and every RECIST measurement of the key slice is listed.
-    assert 'data-cy="ModalityLoadBadge-default"' in dom and ">SR<" in dom
-    labels = LABEL.findall(dom)
+    # The SR viewport drew every axis with the value written in the report.
     expected = {
         (name, f"{value:.2f}")
         for lesion in lesions
-        for name, value in (("Long axis", lesion.recist.long_axis_mm), ("Short axis", lesion.recist.short_axis_mm))
+        for name, value in (("L", lesion.recist.long_axis_mm), ("W", lesion.recist.short_axis_mm))
     }
-    assert set(labels) == expected, labels
-    assert len(labels) == 4
+    assert drawn == expected, drawn
+    # OHIF asked to track the report's measurements and, answered Yes, lists one row per lesion:
+    # the lesion ID as label, then long (L) and short (W) axis as OHIF measures the drawn axes.
+    assert state["panel"] is not None and "Measurements (2)" in state["panel"], state
+    assert len(state["rows"]) == 2, state["rows"]
+    listed = {}
+    for row in state["rows"]:
+        label = next(line for line in row.splitlines()[1:] if line.strip())
+        axes = ROW_AXES.search(row)
+        assert axes, row
+        listed[label] = (float(axes.group(1)), float(axes.group(2)))
+    assert set(listed) == {lesion.tracking_id or f"Lesion {lesion.index + 1}" for lesion in lesions}, listed
+    for lesion in objects.lesions:
+        long_mm, short_mm = listed[lesion.tracking_id]
+        assert long_mm == pytest.approx(lesion.recist.long_axis_mm, abs=0.06)
+        assert short_mm == pytest.approx(lesion.recist.short_axis_mm, abs=0.06)
+    # The listed measurements are drawn on the CT (the screenshot): label, long and short axis.
+    drawn_boxes = re.findall(r'<tspan[^>]*>([^<]*)</tspan><tspan[^>]*>(L: [0-9.]+ mm)</tspan><tspan[^>]*>(W: [0-9.]+ mm)</tspan>', dom)
+    assert {label for label, _, _ in drawn_boxes} == set(listed), drawn_boxes
