@@ -15,7 +15,12 @@ from node.bench.outputs import assemble_volume, synthetic_ct_series, synthetic_l
 from node.dicom import codes
 from node.dicom.provenance import Provenance
 from node.dicom.results import ResultObjects, build_result_objects
-from node.dicom.sr import OHIF_RECIST_TAG, STUDY_GROUP_PREFIX, lesion_tracking_id, tracking_of_groups
+from node.dicom.sr import (
+    OHIF_RECIST_TAG,
+    STUDY_GROUP_PREFIX,
+    lesion_tracking_id,
+    tracking_of_groups,
+)
 from node.lesions.records import Lesion, RecistAxes, ResponseAssessment, ResponseCategory
 
 PROVENANCE = Provenance(model_versions={"detector": "1.2", "segmenter": "0.9"})
