@@ -30,6 +30,7 @@ from node.inference.analyzer import (
     check_volume,
     decode_detections,
     group_detections,
+    refine_boxes,
 )
 from node.inference.backend import InferenceBackend
 from node.lesions.matching import (
@@ -43,7 +44,10 @@ from node.lesions.matching import (
 logger = logging.getLogger(__name__)
 
 IOU_THRESHOLD = 0.5
-KEY_SLICE_CRITERION = "2D box IoU >= 0.5 with the truth box, on the canvas slice nearest the lesion's key slice"
+KEY_SLICE_CRITERION = (
+    "2D box IoU >= 0.5 with the truth box, on the canvas slice nearest the lesion's key slice; "
+    "a detection's box is the segmenter's mask around it, as the node reports it (the detector's box where the mask is empty)"
+)
 VOLUME_CRITERION = "centre of the detection's key box (nearest voxel) inside the lesion's 3D truth mask"
 LESION_MATCH_CRITERION = "analyzer lesion's key-box centre inside the truth mask; one-to-one, best score first"
 
@@ -161,10 +165,24 @@ def _label_at(labels: np.ndarray, slice_: float, row: float, col: float) -> int:
     return int(labels[k, r, c])
 
 
+def key_image_detections(study: EvalStudy, canvas: pp.Canvas, detections: list[Detection]) -> list[int]:
+    """Indices of the detections on a canvas slice that is some lesion's key image."""
+    n_canvas = canvas.pixels.shape[0]
+    keys = {int(np.clip(round(lesion.key_slice / canvas.slice_step), 0, n_canvas - 1)) for lesion in study.lesions}
+    return [i for i, d in enumerate(detections) if d.k in keys]
+
+
 def score_detections(
-    study: EvalStudy, canvas: pp.Canvas, detections: list[Detection]
+    study: EvalStudy,
+    canvas: pp.Canvas,
+    detections: list[Detection],
+    *,
+    key_boxes: dict[int, tuple[float, float, float, float] | None] | None = None,
 ) -> tuple[int, list[Candidate], list[Candidate]]:
     """Key-slice and per-volume FROC candidates of one study.
+
+    ``key_boxes`` gives, by index into ``detections``, the box the node reports for a detection
+    (``refine_boxes``); the detector's own box is used where it gives none.
 
     Returns
     -------
@@ -178,11 +196,11 @@ def score_detections(
         k = int(np.clip(round(lesion.key_slice / canvas.slice_step), 0, n_canvas - 1))
         by_image.setdefault(k, []).append(lesion)
     key_candidates = []
-    for d in detections:
+    for index, d in enumerate(detections):
         truths = by_image.get(d.k)
         if not truths:
             continue
-        _, box = detection_box(volume, canvas, d)
+        box = (key_boxes or {}).get(index) or detection_box(volume, canvas, d)[1]
         overlaps = metrics.iou(box, np.array([t.box for t in truths]))
         hits = frozenset(t.lesion_id for t, o in zip(truths, overlaps, strict=True) if o >= IOU_THRESHOLD)
         key_candidates.append(Candidate(score=d.score, hits=hits))
@@ -260,7 +278,11 @@ def evaluate_study(
         return StudyScore(patient=study.patient, timepoint=study.timepoint, analysed=False, reason=reason, truth_lesions=len(study.lesions))
     backend.clear()
     canvas, detections = detect_candidates(backend, study.volume, threshold=froc_threshold)
-    key_images, key_candidates, volume_candidates = score_detections(study, canvas, detections)
+    on_key = key_image_detections(study, canvas, detections)
+    refined = refine_boxes(backend, study.volume, canvas, [detections[i] for i in on_key])
+    key_images, key_candidates, volume_candidates = score_detections(
+        study, canvas, detections, key_boxes=dict(zip(on_key, refined, strict=True))
+    )
     analysis = Analyzer(backend, detection_threshold=detection_threshold).analyze(study.volume)
     backend.clear()
     spearman = metrics.spearman(analysis.body_part_scores, study.slice_z())

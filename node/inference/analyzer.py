@@ -254,18 +254,8 @@ class Analyzer:
             [pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(s), center_rc=(rv, cv), side_mm=side) for s in slices]
         )
         probs = self.backend.infer("lesion_segmenter", {"image": crops})["mask"][:, 0]
-        # Map crop pixels back to the volume window covered by the crop.
-        px = side / pp.CROP_SIZE
-        half_r = side / 2.0 / rs
-        half_c = side / 2.0 / cs
-        r0, r1 = max(0, int(np.floor(rv - half_r))), min(rows, int(np.ceil(rv + half_r)) + 1)
-        c0, c1 = max(0, int(np.floor(cv - half_c))), min(cols, int(np.ceil(cv + half_c)) + 1)
-        ii = (np.arange(r0, r1) - rv) * rs / px + (pp.CROP_SIZE - 1) / 2.0
-        jj = (np.arange(c0, c1) - cv) * cs / px + (pp.CROP_SIZE - 1) / 2.0
-        grid = np.stack(np.meshgrid(ii, jj, indexing="ij"))
-        local = np.zeros((len(slices), r1 - r0, c1 - c0), dtype=bool)
-        for m, prob in enumerate(probs):
-            local[m] = ndimage.map_coordinates(prob, grid, order=1, mode="constant", cval=0.0) >= 0.5
+        local, (r0, c0) = _masks_in_volume(probs, volume, (rv, cv), side)
+        r1, c1 = r0 + local.shape[1], c0 + local.shape[2]
         centre = (int(np.clip(round(rv), r0, r1 - 1)) - r0, int(np.clip(round(cv), c0, c1 - 1)) - c0)
         key_m = key_slice - int(slices[0])
         mask = np.zeros_like(local)
@@ -373,6 +363,69 @@ class Analyzer:
                 )
             )
         return lesions
+
+
+def refine_boxes(
+    backend: InferenceBackend, volume: Volume, canvas: pp.Canvas, detections: list[Detection]
+) -> list[tuple[float, float, float, float] | None]:
+    """Key-slice box (col0, row0, col1, row1) of each detection, from the segmenter's mask.
+
+    The same crop and mask the analyzer measures a lesion on, on the detection's own slice:
+    the extent of the mask component nearest the detection's centre. ``None`` where the
+    segmenter finds nothing there. The evaluation scores the node's boxes with this.
+    """
+    if not detections:
+        return []
+    n = volume.pixels.shape[0]
+    places = []
+    for d in detections:
+        kv, rv, cv = canvas.to_volume(d.k, d.row, d.col)
+        places.append((int(np.clip(round(kv), 0, n - 1)), rv, cv, pp.crop_geometry(max(d.height_mm, d.width_mm))))
+    crops = np.stack(
+        [pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(k), center_rc=(rv, cv), side_mm=side) for k, rv, cv, side in places]
+    )
+    probs = np.concatenate(
+        [backend.infer("lesion_segmenter", {"image": crops[i : i + 64]})["mask"][:, 0] for i in range(0, len(crops), 64)]
+    )
+    boxes: list[tuple[float, float, float, float] | None] = []
+    for (_, rv, cv, side), prob in zip(places, probs, strict=True):
+        local, (r0, c0) = _masks_in_volume(prob[None], volume, (rv, cv), side)
+        mask = local[0]
+        if not mask.any():
+            boxes.append(None)
+            continue
+        centre = (int(np.clip(round(rv) - r0, 0, mask.shape[0] - 1)), int(np.clip(round(cv) - c0, 0, mask.shape[1] - 1)))
+        component = _component_near(mask, centre)
+        if not component.any():
+            boxes.append(None)
+            continue
+        rr, cc = np.nonzero(component)
+        boxes.append((float(cc.min() + c0), float(rr.min() + r0), float(cc.max() + 1 + c0), float(rr.max() + 1 + r0)))
+    return boxes
+
+
+def _masks_in_volume(
+    probs: np.ndarray, volume: Volume, center_rc: tuple[float, float], side: float
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Segmenter probabilities of crops around ``center_rc`` mapped back onto the volume's pixels.
+
+    Returns the (crops, rows, cols) boolean masks (probability >= 0.5) of the volume window the
+    crop covers, and that window's first (row, col).
+    """
+    _, rs, cs = volume.spacing
+    rows, cols = volume.pixels.shape[1:]
+    rv, cv = center_rc
+    px = side / pp.CROP_SIZE
+    r0, r1 = max(0, int(np.floor(rv - side / 2.0 / rs))), min(rows, int(np.ceil(rv + side / 2.0 / rs)) + 1)
+    c0, c1 = max(0, int(np.floor(cv - side / 2.0 / cs))), min(cols, int(np.ceil(cv + side / 2.0 / cs)) + 1)
+    r1, c1 = max(r0, r1), max(c0, c1)  # a crop wholly outside the volume covers nothing
+    ii = (np.arange(r0, r1) - rv) * rs / px + (pp.CROP_SIZE - 1) / 2.0
+    jj = (np.arange(c0, c1) - cv) * cs / px + (pp.CROP_SIZE - 1) / 2.0
+    grid = np.stack(np.meshgrid(ii, jj, indexing="ij"))
+    local = np.zeros((len(probs), r1 - r0, c1 - c0), dtype=bool)
+    for m, prob in enumerate(probs):
+        local[m] = ndimage.map_coordinates(prob, grid, order=1, mode="constant", cval=0.0) >= 0.5
+    return local, (r0, c0)
 
 
 def body_relative_cues(body: np.ndarray, row: float, col: float, body_part_score: float, side_mm: float) -> list[float]:

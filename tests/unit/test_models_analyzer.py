@@ -106,3 +106,23 @@ def test_grouping_merges_neighbouring_slices() -> None:
     groups = group_detections([det(10, 100, 100, 0.9), det(11, 101, 99, 0.8), det(12, 100, 100, 0.7), det(11, 160, 40, 0.6), det(30, 100, 100, 0.95)])
     assert [len(g) for g in groups] == [1, 3, 1]
     assert groups[1][0].score == 0.9
+
+
+def test_refined_boxes_follow_the_lesion_not_the_detector_size(backend, study) -> None:
+    from node.eval.metrics import iou
+    from node.inference import preprocess as pp
+    from node.inference.analyzer import refine_boxes
+
+    volume = study.to_volume()
+    canvas = pp.make_canvas(volume.pixels, volume.spacing)
+    lesion = max(study.lesions, key=lambda les: les.long_axis_mm)
+    col0, row0, col1, row1 = lesion.box
+    k, r, c = canvas.from_volume(lesion.key_slice, (row0 + row1) / 2, (col0 + col1) / 2)
+    # A detection at the lesion's centre whose size is wrong by half: the box comes from the mask.
+    wrong = Detection(k=int(round(k)), row=r, col=c, height_mm=lesion.long_axis_mm * 1.5, width_mm=lesion.long_axis_mm * 0.5, score=0.9, type_index=0)
+    far = Detection(k=int(round(k)), row=2.0, col=2.0, height_mm=10.0, width_mm=10.0, score=0.9, type_index=0)  # air
+    boxes = refine_boxes(backend, volume, canvas, [wrong, far])
+    assert boxes[0] is not None
+    assert iou(boxes[0], np.array([lesion.box]))[0] >= 0.5
+    assert boxes[1] is None
+    assert refine_boxes(backend, volume, canvas, []) == []
