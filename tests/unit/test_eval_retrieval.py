@@ -1,0 +1,121 @@
+"""Retrieval figures on hand-made embeddings, the ceiling, and truth-lesion embedding inputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.eval import cohort as cohort_mod
+from node.eval import retrieval
+from node.inference.backend import OnnxBackend
+from node.synth.phantom import ScanParams, synthesize_study
+from node.training.datasets import TrainLesion, TrainStudy
+from node.training.train import embedder_data
+
+REPO = Path(__file__).resolve().parents[2]
+TYPES = ("lung", "liver", "kidney", "bone", "pelvis", "abdomen", "mediastinum", "soft_tissue")
+
+
+def _cohort(n_patients: int, per_patient: int, rng: np.random.Generator) -> tuple[list[str], list[str], np.ndarray, list[float]]:
+    patients = [f"P{p}" for p in range(n_patients) for _ in range(per_patient)]
+    types = [TYPES[int(i)] for i in rng.integers(0, len(TYPES), len(patients))]
+    return patients, types, rng.normal(size=(len(patients), 3)) * 50.0, list(rng.uniform(5, 50, len(patients)))
+
+
+def test_perfect_embedding_reaches_one_and_the_ceiling():
+    rng = np.random.default_rng(0)
+    patients, types, loc, size = _cohort(20, 10, rng)
+    codes = np.array([TYPES.index(t) for t in types])
+    emb = np.eye(32)[codes] + rng.normal(scale=0.01, size=(len(codes), 32))
+    out = retrieval.retrieval_figures(emb, patients=patients, types=types, locations_mm=loc, sizes_mm=size, k=5)
+    assert out["ceiling"] == pytest.approx(1.0)  # every type has 5+ lesions in other patients
+    assert out["precision"] == pytest.approx(1.0)
+    assert out["knn_accuracy"] == pytest.approx(1.0)
+    assert out["queries"] == out["lesions"] == 200
+
+
+def test_random_embedding_is_near_chance():
+    rng = np.random.default_rng(1)
+    patients, types, loc, size = _cohort(40, 10, rng)
+    emb = rng.normal(size=(len(types), 32))
+    out = retrieval.retrieval_figures(emb, patients=patients, types=types, locations_mm=loc, sizes_mm=size, k=5)
+    _, counts = np.unique(types, return_counts=True)
+    chance = float(((counts / counts.sum()) ** 2).sum())  # about 1/8
+    assert abs(out["precision"] - chance) < 0.04
+    assert out["knn_accuracy"] < 0.3
+
+
+def test_ceiling_of_a_small_gallery():
+    patients = ["A", "B", "B", "C"]
+    types = ["lung", "lung", "liver", "liver"]
+    # A/lung: 1 of 3 others; B/lung: 1 of 2; B/liver: 1 of 2; C/liver: 1 of 3.
+    assert retrieval.precision_ceiling(patients=patients, types=types, k=5) == pytest.approx((1 / 3 + 1 / 2 + 1 / 2 + 1 / 3) / 4)
+    # With k=1 a perfect embedding finds one same-type lesion for every query.
+    assert retrieval.precision_ceiling(patients=patients, types=types, k=1) == pytest.approx(1.0)
+    emb = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]])
+    out = retrieval.retrieval_figures(emb, patients=patients, types=types, locations_mm=np.zeros((4, 3)), sizes_mm=[1, 2, 3, 4], k=5)
+    assert out["precision"] == pytest.approx(out["ceiling"])
+
+
+def test_ceiling_rejects_bad_arguments_and_handles_one_patient():
+    with pytest.raises(ValueError, match="types"):
+        retrieval.precision_ceiling(patients=["A", "B"], types=["lung"])
+    with pytest.raises(ValueError, match="k"):
+        retrieval.precision_ceiling(patients=["A"], types=["lung"], k=0)
+    assert np.isnan(retrieval.precision_ceiling(patients=["A", "A"], types=["lung", "bone"]))
+    out = retrieval.retrieval_figures(np.zeros((0, 1)), patients=[], types=[], locations_mm=np.zeros((0, 3)), sizes_mm=[])
+    assert out["precision"] is None and out["ceiling"] is None and out["queries"] == 0
+
+
+@pytest.fixture(scope="module")
+def study() -> cohort_mod.EvalStudy:
+    scan = ScanParams(rows=96, columns=96, pixel_spacing=4.0, slice_thickness=5.0, coverage="chest_abdomen_pelvis", noise_hu=8.0)
+    s = synthesize_study(5, 0, scan=scan, cohort_seed=cohort_mod.HELD_OUT_COHORT_SEED)
+    out = cohort_mod.EvalStudy(
+        patient=s.patient_id, timepoint=0, volume=s.to_volume(), lesions=list(s.lesions), lesion_labels=s.lesion_labels, pose=s.pose
+    )
+    assert out.lesions
+    return out
+
+
+def test_truth_inputs_are_the_training_inputs(study):
+    scores = np.linspace(-5.0, 5.0, study.volume.pixels.shape[0])
+    images, cues = retrieval.truth_lesion_inputs(study, scores)
+    train_study = TrainStudy(
+        key="k",
+        patient=study.patient,
+        pixels=study.volume.pixels,
+        spacing=study.volume.spacing,
+        lesions=tuple(
+            TrainLesion(
+                key_slice=les.key_slice,
+                box=les.box,
+                lesion_type=les.lesion_type,
+                long_axis_mm=les.long_axis_mm,
+                short_axis_mm=les.short_axis_mm,
+                long_axis_endpoints=les.long_axis_endpoints,
+                short_axis_endpoints=les.short_axis_endpoints,
+            )
+            for les in study.lesions
+        ),
+    )
+    data = embedder_data([train_study], lambda _: scores)
+    assert images.shape == (len(study.lesions), 3, 64, 64)
+    np.testing.assert_allclose(images, data.images.astype(np.float32), atol=0.2)
+    np.testing.assert_allclose(cues, data.cues, atol=1e-6)
+    with pytest.raises(ValueError, match="body_part_scores"):
+        retrieval.truth_lesion_inputs(study, scores[:-1])
+
+
+def test_embed_truth_lesions_with_the_committed_embedder(study):
+    scores = np.linspace(-5.0, 5.0, study.volume.pixels.shape[0])
+    backend = OnnxBackend(REPO / "triton_models", threads=1)
+    try:
+        out = retrieval.embed_truth_lesions(study, backend, scores, batch=2)
+    finally:
+        backend.close()
+    assert [t.lesion_id for t in out] == [les.lesion_id for les in study.lesions]
+    emb = np.stack([t.embedding for t in out])
+    assert emb.shape == (len(study.lesions), 32)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert all(t.track_id.startswith(study.patient + "/") for t in out)
