@@ -87,6 +87,19 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x / 64.0 - 1.0
 
 
+# A soft-tissue window (-160..240 HU) in the wire's 0..255 units. In the seed's single wide
+# window a lesion 30 HU brighter than liver differs by 2 of 255 levels; the models derive this
+# window in their own graph, so the wire format (and both Triton variants) stays the seed's.
+SOFT_TISSUE_LOW = (-160.0 + 1024.0) * 255.0 / 4095.0
+SOFT_TISSUE_WIDTH = 400.0 * 255.0 / 4095.0
+
+
+def _windows(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) 0..255 pixels -> (B, 2C, H, W): the wide window and the soft-tissue window."""
+    soft = torch.clamp((x - SOFT_TISSUE_LOW) / SOFT_TISSUE_WIDTH, 0.0, 1.0) * 2.0 - 1.0
+    return torch.cat([_normalise(x), soft], dim=1)
+
+
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
@@ -115,7 +128,7 @@ class LesionDetector(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.s1 = nn.Sequential(_conv(3, 8, 2), _conv(8, 8))  # 1/2
+        self.s1 = nn.Sequential(_conv(6, 8, 2), _conv(8, 8))  # 1/2; 3 slices x 2 windows
         self.s2 = nn.Sequential(_conv(8, 16, 2), _conv(16, 16))  # 1/4
         self.s3 = nn.Sequential(_conv(16, 32, 2), _conv(32, 32))  # 1/8
         g = DETECTOR_GROUPS
@@ -136,7 +149,7 @@ class LesionDetector(nn.Module):
         """Training entry: heatmap logits, log-size, offset logits."""
         b, c, h, w = image.shape
         g = c // 3
-        x = _normalise(image).reshape(b * g, 3, h, w)
+        x = _windows(image.reshape(b * g, 3, h, w))
         f1 = self.s1(x)
         f2 = self.s2(f1)
         f3 = self.s3(f2)
@@ -152,44 +165,55 @@ class LesionDetector(nn.Module):
 
 
 class LesionSegmenter(nn.Module):
-    """A small U-Net on lesion-centred 3-slice crops; outputs the key slice's mask probability."""
+    """A four-level U-Net on lesion-centred 3-slice crops; outputs the key slice's mask probability."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
-        self.e1 = nn.Sequential(_conv(3, 16), _conv(16, 16))
-        self.e2 = nn.Sequential(_conv(16, 32, 2), _conv(32, 32))
-        self.e3 = nn.Sequential(_conv(32, 48, 2), _conv(48, 48))
-        self.d2 = nn.Sequential(_conv(48 + 32, 32))
-        self.d1 = nn.Sequential(_conv(32 + 16, 16))
-        self.out = nn.Conv2d(16, 1, 1)
+        w = width
+        self.e1 = nn.Sequential(_conv(6, w), _conv(w, w))  # 3 slices x 2 windows
+        self.e2 = nn.Sequential(_conv(w, 2 * w, 2), _conv(2 * w, 2 * w))
+        self.e3 = nn.Sequential(_conv(2 * w, 3 * w, 2), _conv(3 * w, 3 * w))
+        self.e4 = nn.Sequential(_conv(3 * w, 4 * w, 2), _conv(4 * w, 4 * w))
+        self.d3 = _conv(4 * w + 3 * w, 3 * w)
+        self.d2 = _conv(3 * w + 2 * w, 2 * w)
+        self.d1 = _conv(2 * w + w, w)
+        self.out = nn.Conv2d(w, 1, 1)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        x = _normalise(image)
-        f1 = self.e1(x)
+        f1 = self.e1(_windows(image))
         f2 = self.e2(f1)
         f3 = self.e3(f2)
-        y = self.d2(torch.cat([F.interpolate(f3, scale_factor=2.0, mode="nearest"), f2], dim=1))
-        y = self.d1(torch.cat([F.interpolate(y, scale_factor=2.0, mode="nearest"), f1], dim=1))
+        f4 = self.e4(f3)
+        y = self.d3(torch.cat([_up(f4), f3], dim=1))
+        y = self.d2(torch.cat([_up(y), f2], dim=1))
+        y = self.d1(torch.cat([_up(y), f1], dim=1))
         return self.out(y)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(image))
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
 class LesionEmbedder(nn.Module):
-    """Triplet-trained embedding of a lesion crop plus its location and size cues."""
+    """Triplet-trained embedding of a lesion crop plus its location and size cues.
+
+    The crop is seen in the wide and the soft-tissue window (``_windows``), as the segmenter sees it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            _conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 48, 2), _conv(48, 64, 2), _conv(64, 64)
+            _conv(6, 16, 2), _conv(16, 32, 2), _conv(32, 48, 2), _conv(48, 64, 2), _conv(64, 64)  # 3 slices x 2 windows
         )
         self.cue = nn.Sequential(nn.Linear(CUES, 32), nn.ReLU(inplace=True))
         self.project = nn.Sequential(nn.Linear(64 * 2 + 32, 64), nn.ReLU(inplace=True), nn.Linear(64, EMBEDDING_DIM))
         self.classifier = nn.Linear(EMBEDDING_DIM, NUM_TYPES)
 
     def forward(self, image: torch.Tensor, cues: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(_normalise(image))
+        f = self.features(_windows(image))
         centre = f[:, :, 1:3, 1:3].mean(dim=(2, 3))  # the lesion itself
         context = f.mean(dim=(2, 3))
         e = self.project(torch.cat([centre, context, self.cue(cues)], dim=1))

@@ -466,6 +466,7 @@ def train_lesion_segmenter(
 
 def evaluate_segmenter(model: torch.nn.Module, studies: Sequence[TrainStudy]) -> dict[str, float]:
     """Key-slice Dice and RECIST long/short-axis errors (mm) from the predicted mask, crops centred on truth."""
+    from node.inference.analyzer import MASK_THRESHOLD
     from node.inference.recist import measure_recist
 
     dices, long_err, short_err = [], [], []
@@ -480,7 +481,7 @@ def evaluate_segmenter(model: torch.nn.Module, studies: Sequence[TrainStudy]) ->
                 centre = (rr.mean(), cc.mean())
                 side = pp.crop_geometry(size_mm)
                 image = pp.lesion_crop(study.pixels, study.spacing, slice_=float(lesion.key_slice), center_rc=centre, side_mm=side)
-                pred = model(torch.from_numpy(image[None]))[0, 0].numpy() >= 0.5
+                pred = model(torch.from_numpy(image[None]))[0, 0].numpy() >= MASK_THRESHOLD
                 truth = _crop_mask(mask, study.spacing, centre, side)
                 dices.append(2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1))
                 axes = measure_recist(pred, (side / pp.CROP_SIZE,) * 2)
