@@ -119,3 +119,37 @@ def test_embed_truth_lesions_with_the_committed_embedder(study):
     assert emb.shape == (len(study.lesions), 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     assert all(t.track_id.startswith(study.patient + "/") for t in out)
+
+
+def test_summary_and_target_use_the_truth_lesions():
+    from node.config import Settings
+    from node.eval import report, runner
+
+    rng = np.random.default_rng(2)
+    scores = []
+    for p in range(6):
+        truth = []
+        for i, kind in enumerate(("lung", "liver", "bone")):
+            emb = np.zeros(32, np.float32)
+            emb[i] = 1.0
+            emb[3 + p] = 0.05  # a little per-patient spread
+            truth.append(
+                retrieval.TruthEmbedding(
+                    lesion_id=f"P{p}-{i}", track_id=f"P{p}/{i}", patient=f"P{p}", timepoint=0, lesion_type=kind,
+                    location_mm=tuple(rng.normal(size=3) * 10.0), long_axis_mm=10.0 + i, embedding=emb / np.linalg.norm(emb),
+                )
+            )
+        scores.append(runner.StudyScore(patient=f"P{p}", timepoint=0, analysed=True, truth_lesions=3, key_images=1, truth_embedded=truth))
+    summary = runner.summarize(scores, Settings())
+    r = summary["retrieval"]
+    assert r["precision_at_5"] == pytest.approx(1.0) and r["ceiling"] == pytest.approx(1.0)
+    assert r["queries"] == r["lesions"] == 18
+    assert summary["type"]["knn_accuracy"] == pytest.approx(1.0)
+    assert summary["retrieval_found"]["precision_at_5"] is None  # no analyzer lesions were matched
+    assert summary["matching_truth"]["lesions"] == 18
+    row = next(t for t in report.apply_targets(summary) if "precision@5" in t["name"])
+    assert row["result"] == "PASS" and "truth lesions" in row["name"]
+    text = report.format_table(
+        {"summary": summary, "cohort": {"description": "hand-made"}, "models": {}, "targets": report.apply_targets(summary)}
+    )
+    assert "retrieval, truth lesions" in text and "ceiling 1.000" in text and "retrieval, found lesions" in text
