@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
+    p.add_argument("--embedder-timepoints", type=int, default=2, help="embedder: studies per training patient (default 2: each lesion seen at two sizes and poses)")
+    p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
+    p.add_argument("--embedder-refine-steps", type=int, default=200, help="embedder steps after pseudo-label refinement (default 200)")
+    p.add_argument("--embedder-classifier-weight", type=float, default=1.0, help="embedder: weight of the type head's loss (default 1.0)")
     p.set_defaults(func=handle)
 
 
@@ -100,8 +104,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             result = train.train_lesion_segmenter(studies(), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
         else:
             ssbr = _ssbr_from_onnx(out)
+            embedder_studies = studies() if args.deeplesion is not None else tqdm(
+                datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=args.medium_every,
+                                           timepoints=max(1, args.embedder_timepoints)),
+                total=args.patients * max(1, args.embedder_timepoints), desc="synthetic cohort", leave=False)
             result = train.train_lesion_embedder(
-                itertools.chain(studies(), validation), ssbr=ssbr, rng=rng, steps=int(400 * scale), refine_steps=int(200 * scale)
+                itertools.chain(embedder_studies, validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
+                refine_steps=int(args.embedder_refine_steps * scale), classifier_weight=args.embedder_classifier_weight,
             )
         path = out / "onnx" / f"{model_name}.onnx"
         export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data_text[:200]})

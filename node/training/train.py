@@ -599,9 +599,16 @@ def train_lesion_embedder(
     steps: int = 300,
     refine_steps: int = 150,
     sequences_per_batch: int = 24,
+    classifier_weight: float = 1.0,
     progress: bool = True,
 ) -> TrainResult:
-    """Triplet network with sequential sampling on pseudo-labels from a 25% labelled seed set."""
+    """Triplet network with sequential sampling on pseudo-labels from a 25% labelled seed set.
+
+    ``classifier_weight`` weighs the type head's cross-entropy on the (pseudo-)labels against
+    the sequence loss: the stronger, the tighter each type's cluster in the embedding.
+    """
+    if classifier_weight < 0:
+        raise ValueError(f"classifier_weight: must be 0 or more, got {classifier_weight}")
     t0 = time.perf_counter()
     data = embedder_data(studies, ssbr)
     n = len(data.types)
@@ -634,7 +641,7 @@ def train_lesion_embedder(
             c = torch.from_numpy(data.cues[idx])
             emb, logits = model(x, c)
             loss = sequence_loss(emb.reshape(len(seqs), 5, -1))
-            loss = loss + 0.2 * F.cross_entropy(logits, torch.from_numpy(labels[idx]))
+            loss = loss + classifier_weight * F.cross_entropy(logits, torch.from_numpy(labels[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -664,6 +671,9 @@ def train_lesion_embedder(
             "test_type_acc_pseudo_labels_refined": acc1,
             "test_type_acc_knn_on_embedding": acc2,
             "test_type_acc_classifier_head": head_acc,
+            "classifier_weight": classifier_weight,
+            "steps": float(steps),
+            "refine_steps": float(refine_steps),
         },
         seconds=time.perf_counter() - t0,
         samples=n,
