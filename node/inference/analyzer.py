@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -228,7 +228,8 @@ class Analyzer:
         timings["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        segmented = [self._segment(volume, canvas, g) for g in groups]
+        fits = fit_lesions(self.backend, volume, [_detection_place(volume, canvas, g[0]) for g in groups])
+        segmented = [self._segment(volume, g, fit) for g, fit in zip(groups, fits, strict=True)]
         timings["segment"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -246,13 +247,10 @@ class Analyzer:
             model_versions=versions,
         )
 
-    def _segment(self, volume: Volume, canvas: pp.Canvas, group: list[Detection]) -> dict:
-        key = group[0]
-        ss, rs, cs = volume.spacing
-        n, rows, cols = volume.pixels.shape
-        kv, rv, cv = canvas.to_volume(key.k, key.row, key.col)
-        key_slice = int(np.clip(round(kv), 0, n - 1))
-        size_mm, (rv, cv), _ = fit_lesion(self.backend, volume, key_slice, (rv, cv), max(key.height_mm, key.width_mm))
+    def _segment(self, volume: Volume, group: list[Detection], fit: Fit) -> dict:
+        ss = volume.spacing[0]
+        n = volume.pixels.shape[0]
+        key_slice, (rv, cv), size_mm = fit.key_slice, fit.center_rc, fit.size_mm
         side = pp.crop_geometry(size_mm)
         reach = int(np.ceil(0.75 * size_mm / ss)) + 1
         slices = np.arange(max(0, key_slice - reach), min(n, key_slice + reach + 1))
@@ -371,35 +369,58 @@ class Analyzer:
         return lesions
 
 
-def fit_lesion(
-    backend: InferenceBackend, volume: Volume, key_slice: int, center_rc: tuple[float, float], size_mm: float
-) -> tuple[float, tuple[float, float], tuple[float, float, float, float] | None]:
-    """Size (mm) and centre to crop a lesion at, and its key-slice box, from the segmenter.
+@dataclass(frozen=True, kw_only=True)
+class Fit:
+    """Where to crop a lesion (``fit_lesions``) and its key-slice box from the segmenter's mask."""
 
-    The crop is twice the detector's box; a lesion the detector under-sizes would be cut at the
-    crop's edge (and its long axis with it), so the slice is segmented again on a larger crop,
-    centred on the mask, while the mask fills the crop (at most ``FIT_ROUNDS`` times).
+    key_slice: int
+    center_rc: tuple[float, float]
+    size_mm: float
+    box: tuple[float, float, float, float] | None  # (col0, row0, col1, row1); None: no mask
 
-    Returns
-    -------
-    tuple
-        (size_mm, (row, col), box (col0, row0, col1, row1) of the mask component nearest the
-        centre, or ``None`` where the segmenter finds nothing).
+
+def fit_lesions(backend: InferenceBackend, volume: Volume, places: list[Fit]) -> list[Fit]:
+    """Size (mm), centre and key-slice box of each lesion, from the segmenter.
+
+    ``places`` hold the detector's slice, centre and size. The crop is twice the detector's box;
+    a lesion the detector under-sizes would be cut at the crop's edge (and its long axis with
+    it), so the slice is segmented again on a larger crop, centred on the mask, while the mask
+    fills the crop (at most ``FIT_ROUNDS`` rounds; one segmenter call per round for all lesions).
     """
-    box = None
+    _, rs, cs = volume.spacing
+    fits = list(places)
+    growing = list(range(len(fits)))
     for _ in range(FIT_ROUNDS):
-        side = pp.crop_geometry(size_mm)
-        crop = pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(key_slice), center_rc=center_rc, side_mm=side)
-        prob = backend.infer("lesion_segmenter", {"image": crop[None]})["mask"][:, 0]
-        box = _mask_box(prob, volume, center_rc, side)
-        if box is None:
+        if not growing:
             break
-        _, rs, cs = volume.spacing
-        extent = max((box[3] - box[1]) * rs, (box[2] - box[0]) * cs)
-        if extent <= FIT_FILL * side or side >= 2 * pp.MAX_LESION_MM:
-            break
-        size_mm, center_rc = extent * 1.25, ((box[1] + box[3] - 1) / 2, (box[0] + box[2] - 1) / 2)
-    return size_mm, center_rc, box
+        sides = [pp.crop_geometry(fits[i].size_mm) for i in growing]
+        crops = np.stack(
+            [
+                pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(fits[i].key_slice), center_rc=fits[i].center_rc, side_mm=side)
+                for i, side in zip(growing, sides, strict=True)
+            ]
+        )
+        probs = np.concatenate(
+            [backend.infer("lesion_segmenter", {"image": crops[j : j + 64]})["mask"][:, 0] for j in range(0, len(crops), 64)]
+        )
+        still = []
+        for i, side, prob in zip(growing, sides, probs, strict=True):
+            box = _mask_box(prob[None], volume, fits[i].center_rc, side)
+            fits[i] = replace(fits[i], box=box)
+            if box is None:
+                continue
+            extent = max((box[3] - box[1]) * rs, (box[2] - box[0]) * cs)
+            if extent > FIT_FILL * side and side < 2 * pp.MAX_LESION_MM:
+                fits[i] = replace(fits[i], size_mm=extent * 1.25, center_rc=((box[1] + box[3] - 1) / 2, (box[0] + box[2] - 1) / 2))
+                still.append(i)
+        growing = still
+    return fits
+
+
+def _detection_place(volume: Volume, canvas: pp.Canvas, d: Detection) -> Fit:
+    kv, rv, cv = canvas.to_volume(d.k, d.row, d.col)
+    key_slice = int(np.clip(round(kv), 0, volume.pixels.shape[0] - 1))
+    return Fit(key_slice=key_slice, center_rc=(rv, cv), size_mm=max(d.height_mm, d.width_mm), box=None)
 
 
 def refine_boxes(
@@ -407,16 +428,10 @@ def refine_boxes(
 ) -> list[tuple[float, float, float, float] | None]:
     """Key-slice box (col0, row0, col1, row1) of each detection, from the segmenter's mask.
 
-    The crop and mask the analyzer measures a lesion on (``fit_lesion``), on the detection's own
+    The crop and mask the analyzer measures a lesion on (``fit_lesions``), on the detection's own
     slice; ``None`` where the segmenter finds nothing there. The evaluation scores these boxes.
     """
-    n = volume.pixels.shape[0]
-    boxes = []
-    for d in detections:
-        kv, rv, cv = canvas.to_volume(d.k, d.row, d.col)
-        key_slice = int(np.clip(round(kv), 0, n - 1))
-        boxes.append(fit_lesion(backend, volume, key_slice, (rv, cv), max(d.height_mm, d.width_mm))[2])
-    return boxes
+    return [fit.box for fit in fit_lesions(backend, volume, [_detection_place(volume, canvas, d) for d in detections])]
 
 
 def _mask_box(
