@@ -53,6 +53,9 @@ def set_nodelay(assoc) -> None:
         logger.debug("could not set TCP_NODELAY: %s", exc)
 
 
+DIMSE_TIMEOUT_S = 120  # seconds to wait for the peer's answer to one C-STORE
+
+
 def send_files(
     files: Sequence[Path],
     *,
@@ -81,6 +84,9 @@ def send_files(
     if len(contexts) > 120:
         raise SendError(f"{len(contexts)} SOP class / transfer syntax pairs: more than one association can carry")
     ae = AE(ae_title=calling_aet)
+    # A busy peer (Orthanc while the node's services start on a 2-core host) was seen answering a
+    # C-STORE after pynetdicom's default 30 s; wait longer before giving up on an answer.
+    ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
     start = time.perf_counter()
     if not headers:
