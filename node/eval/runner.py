@@ -405,29 +405,50 @@ def summarize(scores: list[StudyScore], settings: Settings) -> dict[str, object]
     return out
 
 
+def _graph_accuracy(
+    emb: np.ndarray, *, patients: list[str], studies: list[str], tracks: list[str], ids: list[str], settings: Settings
+) -> tuple[dict[str, object], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Algorithm 1 with the settings' thresholds against the true tracks: precision, recall, pairs.
+
+    Also returns the (patient, study, track) indices the figures were computed on.
+    """
+    _, patient = np.unique(patients, return_inverse=True)
+    _, study = np.unique(studies, return_inverse=True)
+    _, truth = np.unique(tracks, return_inverse=True)
+    patient, study, truth = patient.ravel(), study.ravel(), truth.ravel()
+    labels = match_lesions(emb, study, t1=settings.match_t1, t2=settings.match_t2, patient=patient)
+    precision, recall = pairwise_accuracy(groups_from_labels(labels, ids), groups_from_labels(truth, ids))
+    figures: dict[str, object] = {
+        "precision": precision,
+        "recall": recall,
+        "true_pairs": int(sum(c * (c - 1) // 2 for c in np.bincount(truth))),
+    }
+    return figures, (patient, study, truth)
+
+
 def _matching(lesions: list[MatchedLesion], emb: np.ndarray, settings: Settings) -> dict[str, object]:
     result: dict[str, object] = {"t1": settings.match_t1, "t2": settings.match_t2, "lesions": len(lesions)}
     if not lesions:
         result.update(precision=None, recall=None, tuned=None)
         return result
-    _, patient = np.unique([m.patient for m in lesions], return_inverse=True)
-    _, study = np.unique([f"{m.patient}/{m.timepoint}" for m in lesions], return_inverse=True)
-    _, truth = np.unique([m.track_id for m in lesions], return_inverse=True)
-    ids = [m.lesion_id for m in lesions]
-    labels = match_lesions(emb, study.ravel(), t1=settings.match_t1, t2=settings.match_t2, patient=patient.ravel())
-    precision, recall = pairwise_accuracy(groups_from_labels(labels, ids), groups_from_labels(truth.ravel(), ids))
+    figures, (patient, study, truth) = _graph_accuracy(
+        emb,
+        patients=[m.patient for m in lesions],
+        studies=[f"{m.patient}/{m.timepoint}" for m in lesions],
+        tracks=[m.track_id for m in lesions],
+        ids=[m.lesion_id for m in lesions],
+        settings=settings,
+    )
     cohort = SyntheticCohort(
         embeddings=emb.astype(np.float32),
-        patient=patient.ravel().astype(np.int64),
-        study=study.ravel().astype(np.int64),
+        patient=patient.astype(np.int64),
+        study=study.astype(np.int64),
         study_time=np.array([m.timepoint for m in lesions], dtype=np.int64),
-        truth=truth.ravel().astype(np.int64),
+        truth=truth.astype(np.int64),
     )
     tuned = tune_thresholds(cohort)
     result.update(
-        precision=precision,
-        recall=recall,
-        true_pairs=int(sum(c * (c - 1) // 2 for c in np.bincount(truth.ravel()))),
+        figures,
         tuned={"t1": tuned.t1, "t2": tuned.t2, "precision": tuned.precision, "recall": tuned.recall, "applied": False},
     )
     return result
@@ -439,13 +460,15 @@ def _matching_truth(lesions: list[retrieval.TruthEmbedding], emb: np.ndarray, se
     if not lesions:
         result.update(precision=None, recall=None)
         return result
-    _, patient = np.unique([t.patient for t in lesions], return_inverse=True)
-    _, study = np.unique([f"{t.patient}/{t.timepoint}" for t in lesions], return_inverse=True)
-    _, truth = np.unique([t.track_id for t in lesions], return_inverse=True)
-    ids = [t.lesion_id for t in lesions]
-    labels = match_lesions(emb, study.ravel(), t1=settings.match_t1, t2=settings.match_t2, patient=patient.ravel())
-    precision, recall = pairwise_accuracy(groups_from_labels(labels, ids), groups_from_labels(truth.ravel(), ids))
-    result.update(precision=precision, recall=recall, true_pairs=int(sum(c * (c - 1) // 2 for c in np.bincount(truth.ravel()))))
+    figures, _ = _graph_accuracy(
+        emb,
+        patients=[t.patient for t in lesions],
+        studies=[f"{t.patient}/{t.timepoint}" for t in lesions],
+        tracks=[t.track_id for t in lesions],
+        ids=[t.lesion_id for t in lesions],
+        settings=settings,
+    )
+    result.update(figures)
     return result
 
 
