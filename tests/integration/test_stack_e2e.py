@@ -11,7 +11,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from node.config import Settings
+from node.config import REPO_ROOT, Settings
 from node.dicom.network import collect_files, send_files
 from node.stack import services
 from node.stack.process import ServiceError, free_port
@@ -34,6 +34,9 @@ def stack(make_service_dir):
     yield settings, state, JobStore(db)
     db.close()
     services.down(settings, progress=lambda line: None)
+    # Keep the services' logs (no PHI: tested below) for whoever looks into a failed run.
+    if (data_dir / "logs").is_dir():
+        shutil.copytree(data_dir / "logs", REPO_ROOT / ".ainode" / "test-artifacts" / "stack_e2e_logs", dirs_exist_ok=True)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
