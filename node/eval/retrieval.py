@@ -3,10 +3,10 @@
 "Deep Lesion Graphs in the Wild" scores its embedding on annotated lesions: every lesion is
 embedded from its annotated key slice and box, and for each query the nearest lesions of other
 patients are retrieved. :func:`embed_truth_lesions` does that here for every truth lesion of a
-study, with the preprocessing the node itself uses (``node.inference.preprocess.lesion_crop``
-around the box centre, crop side ``crop_geometry`` of the larger box side, and
-``body_relative_cues`` from the body mask and the body-part regressor's score), which is also
-what ``node.training.train.embedder_data`` feeds the embedder in training.
+study, with the preprocessing the node itself uses (``node.inference.analyzer.box_crop`` and
+``embedder_input``: the crop around the box centre, side twice the larger box side, and the cues
+from the body mask and the body-part regressor's score), the same functions
+``node.training.train.embedder_data`` feeds the embedder with in training.
 
 :func:`retrieval_figures` turns embeddings into the paper's figures: type precision@k over other
 patients, mean location and size error of the top k, leave-one-patient-out kNN type accuracy,
@@ -25,7 +25,7 @@ import numpy as np
 from node.eval import metrics
 from node.eval.cohort import EvalStudy
 from node.inference import preprocess as pp
-from node.inference.analyzer import body_relative_cues
+from node.inference.analyzer import body_mask, box_crop, embedder_input
 from node.inference.backend import InferenceBackend
 
 logger = logging.getLogger(__name__)
@@ -75,19 +75,17 @@ def truth_lesion_inputs(study: EvalStudy, body_part_scores: np.ndarray) -> tuple
         raise ValueError(f"body_part_scores: expected {n} values (one per slice), got {scores.size}")
     if not study.lesions:
         return np.zeros((0, 3, pp.CROP_SIZE, pp.CROP_SIZE), np.float32), np.zeros((0, 4), np.float32)
-    _, rs, cs = volume.spacing
     canvas = pp.make_canvas(volume.pixels, volume.spacing)
-    body = canvas.pixels > pp.window(np.array(-500.0))
+    body = body_mask(canvas)
     images, cues = [], []
     for lesion in study.lesions:
-        c0, r0, c1, r1 = lesion.box
-        centre = ((r0 + r1) / 2.0, (c0 + c1) / 2.0)
-        side = pp.crop_geometry(max((r1 - r0) * rs, (c1 - c0) * cs))
+        centre, side = box_crop(lesion.box, volume.spacing)
         key = int(np.clip(lesion.key_slice, 0, n - 1))
-        images.append(pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(key), center_rc=centre, side_mm=side))
-        k, r_c, c_c = canvas.from_volume(key, *centre)
-        k = int(np.clip(round(k), 0, canvas.pixels.shape[0] - 1))
-        cues.append(body_relative_cues(body[k], r_c, c_c, float(scores[key]), side))
+        image, cue = embedder_input(
+            volume.pixels, volume.spacing, canvas, body, key_slice=key, center_rc=centre, side_mm=side, body_part_score=float(scores[key])
+        )
+        images.append(image)
+        cues.append(cue)
     return np.stack(images).astype(np.float32), np.asarray(cues, dtype=np.float32)
 
 

@@ -166,10 +166,19 @@ def _label_at(labels: np.ndarray, slice_: float, row: float, col: float) -> int:
     return int(labels[k, r, c])
 
 
+def lesions_by_key_image(study: EvalStudy, canvas: pp.Canvas) -> dict[int, list]:
+    """The study's truth lesions by key image: the canvas slice nearest each lesion's key slice."""
+    n_canvas = canvas.pixels.shape[0]
+    by_image: dict[int, list] = {}
+    for lesion in study.lesions:
+        k = int(np.clip(round(lesion.key_slice / canvas.slice_step), 0, n_canvas - 1))
+        by_image.setdefault(k, []).append(lesion)
+    return by_image
+
+
 def key_image_detections(study: EvalStudy, canvas: pp.Canvas, detections: list[Detection]) -> list[int]:
     """Indices of the detections on a canvas slice that is some lesion's key image."""
-    n_canvas = canvas.pixels.shape[0]
-    keys = {int(np.clip(round(lesion.key_slice / canvas.slice_step), 0, n_canvas - 1)) for lesion in study.lesions}
+    keys = lesions_by_key_image(study, canvas)
     return [i for i, d in enumerate(detections) if d.k in keys]
 
 
@@ -191,11 +200,7 @@ def score_detections(
         (number of key images, key-slice candidates, per-volume candidates).
     """
     volume = study.volume
-    n_canvas = canvas.pixels.shape[0]
-    by_image: dict[int, list] = {}
-    for lesion in study.lesions:
-        k = int(np.clip(round(lesion.key_slice / canvas.slice_step), 0, n_canvas - 1))
-        by_image.setdefault(k, []).append(lesion)
+    by_image = lesions_by_key_image(study, canvas)
     key_candidates = []
     for index, d in enumerate(detections):
         truths = by_image.get(d.k)
@@ -326,10 +331,6 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
 def summarize(scores: list[StudyScore], settings: Settings) -> dict[str, object]:
     """Cohort figures from per-study scores (JSON-ready; None where a figure has no data)."""
     analysed = [s for s in scores if s.analysed]
@@ -380,28 +381,31 @@ def summarize(scores: list[StudyScore], settings: Settings) -> dict[str, object]
         sizes_mm=[t.long_axis_mm for t in truth],
         k=5,
     )
-    out["retrieval"] = {
-        "precision_at_5": annotated["precision"],
-        "ceiling": annotated["ceiling"],
-        "location_error_mm": annotated["location_error_mm"],
-        "size_error_mm": annotated["size_error_mm"],
-        "queries": annotated["queries"],
-        "lesions": annotated["lesions"],
-        "protocol": retrieval.TRUTH_PROTOCOL,
-    }
-    out["retrieval_found"] = {
-        "precision_at_5": found["precision"],
-        "ceiling": found["ceiling"],
-        "location_error_mm": found["location_error_mm"],
-        "size_error_mm": found["size_error_mm"],
-        "queries": found["queries"],
-        "protocol": "leave-one-out over the analyzer's lesions matched to truth lesions, same-patient neighbours excluded; location in the phantom's body frame",
-    }
+    out["retrieval"] = _retrieval_summary(annotated, retrieval.TRUTH_PROTOCOL, with_lesions=True)
+    out["retrieval_found"] = _retrieval_summary(
+        found,
+        "leave-one-out over the analyzer's lesions matched to truth lesions, same-patient neighbours excluded; location in the phantom's body frame",
+    )
     out["type"]["knn_accuracy"] = annotated["knn_accuracy"]  # type: ignore[index]
     out["type"]["knn_accuracy_found"] = found["knn_accuracy"]  # type: ignore[index]
     out["matching"] = _matching(with_embedding, emb, settings)
     out["matching_truth"] = _matching_truth(truth, truth_emb, settings)
     out["timing"] = {"seconds_per_study": _mean(s.seconds for s in analysed)}
+    return out
+
+
+def _retrieval_summary(figures: dict, protocol: str, *, with_lesions: bool = False) -> dict[str, object]:
+    """The summary's entry for one set of ``retrieval.retrieval_figures``."""
+    out: dict[str, object] = {
+        "precision_at_5": figures["precision"],
+        "ceiling": figures["ceiling"],
+        "location_error_mm": figures["location_error_mm"],
+        "size_error_mm": figures["size_error_mm"],
+        "queries": figures["queries"],
+    }
+    if with_lesions:
+        out["lesions"] = figures["lesions"]
+    out["protocol"] = protocol
     return out
 
 

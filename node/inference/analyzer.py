@@ -298,17 +298,14 @@ class Analyzer:
             return []
         ss, rs, cs = volume.spacing
         images, cues = [], []
-        body = canvas.pixels > pp.window(np.array(-500.0))
+        body = body_mask(canvas)
         for item in segmented:
-            rv, cv = item["center_rc"]
-            images.append(
-                pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(item["key_slice"]), center_rc=(rv, cv), side_mm=item["side"])
+            image, cue = embedder_input(
+                volume.pixels, volume.spacing, canvas, body, key_slice=item["key_slice"], center_rc=item["center_rc"],
+                side_mm=item["side"], body_part_score=float(body_part_scores[item["key_slice"]]),
             )
-            k = int(np.clip(round(item["key_slice"] / canvas.slice_step), 0, canvas.pixels.shape[0] - 1))
-            _, r_c, c_c = canvas.from_volume(item["key_slice"], rv, cv)
-            cues.append(
-                body_relative_cues(body[k], r_c, c_c, float(body_part_scores[item["key_slice"]]), item["side"])
-            )
+            images.append(image)
+            cues.append(cue)
         out = self.backend.infer(
             "lesion_embedder", {"image": np.stack(images), "cues": np.asarray(cues, dtype=np.float32)}
         )
@@ -400,9 +397,7 @@ def fit_lesions(backend: InferenceBackend, volume: Volume, places: list[Fit]) ->
                 for i, side in zip(growing, sides, strict=True)
             ]
         )
-        probs = np.concatenate(
-            [backend.infer("lesion_segmenter", {"image": crops[j : j + 64]})["mask"][:, 0] for j in range(0, len(crops), 64)]
-        )
+        probs = backend.infer("lesion_segmenter", {"image": crops})["mask"][:, 0]  # backends batch to the model's limit
         still = []
         for i, side, prob in zip(growing, sides, probs, strict=True):
             box = _mask_box(prob[None], volume, fits[i].center_rc, side)
@@ -469,6 +464,39 @@ def _masks_in_volume(
     for m, prob in enumerate(probs):
         local[m] = ndimage.map_coordinates(prob, grid, order=1, mode="constant", cval=0.0) >= MASK_THRESHOLD
     return local, (r0, c0)
+
+
+def body_mask(canvas: pp.Canvas) -> np.ndarray:
+    """Where the canvas is denser than -500 HU: the body, for the embedder's location cues."""
+    return canvas.pixels > pp.window(np.array(-500.0))
+
+
+def box_crop(box: tuple[float, float, float, float], spacing: tuple[float, float, float]) -> tuple[tuple[float, float], float]:
+    """Centre (row, col) and crop side (mm) of an annotated lesion box (col0, row0, col1, row1)."""
+    c0, r0, c1, r1 = box
+    return ((r0 + r1) / 2.0, (c0 + c1) / 2.0), pp.crop_geometry(max((r1 - r0) * spacing[1], (c1 - c0) * spacing[2]))
+
+
+def embedder_input(
+    pixels: np.ndarray,
+    spacing: tuple[float, float, float],
+    canvas: pp.Canvas,
+    body: np.ndarray,
+    *,
+    key_slice: int,
+    center_rc: tuple[float, float],
+    side_mm: float,
+    body_part_score: float,
+) -> tuple[np.ndarray, list[float]]:
+    """One lesion's embedder input: the 3-slice crop (3, 64, 64) and its four cues.
+
+    The same for the analyzer's lesions, the training annotations and the evaluation's truth
+    lesions, so the embedder sees one distribution. ``body`` is ``body_mask(canvas)``.
+    """
+    image = pp.lesion_crop(pixels, spacing, slice_=float(key_slice), center_rc=center_rc, side_mm=side_mm)
+    k, r_c, c_c = canvas.from_volume(key_slice, *center_rc)
+    k = int(np.clip(round(k), 0, canvas.pixels.shape[0] - 1))
+    return image, body_relative_cues(body[k], r_c, c_c, body_part_score, side_mm)
 
 
 def body_relative_cues(body: np.ndarray, row: float, col: float, body_part_score: float, side_mm: float) -> list[float]:

@@ -14,10 +14,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from node.lesions.records import LesionType
+
+if TYPE_CHECKING:
+    from node.synth.truth import LesionTruth
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,21 @@ class TrainStudy:
     labels: np.ndarray | None = None
 
 
+def train_lesion(truth: LesionTruth) -> TrainLesion:
+    """A synthetic study's truth lesion as a training annotation (same pixel coordinates)."""
+    return TrainLesion(
+        key_slice=truth.key_slice,
+        box=truth.box,
+        lesion_type=truth.lesion_type,
+        long_axis_mm=truth.long_axis_mm,
+        short_axis_mm=truth.short_axis_mm,
+        long_axis_endpoints=truth.long_axis_endpoints,
+        short_axis_endpoints=truth.short_axis_endpoints,
+        label=truth.label,
+        track_id=truth.track_id,
+    )
+
+
 def synthetic_studies(
     patients: range,
     *,
@@ -91,20 +110,7 @@ def synthetic_studies(
                 patient=f"syn{cohort_seed}_{p}",
                 pixels=study.hu.astype(np.float32),
                 spacing=tuple(float(s) for s in study.spacing),
-                lesions=tuple(
-                    TrainLesion(
-                        key_slice=les.key_slice,
-                        box=les.box,
-                        lesion_type=les.lesion_type,
-                        long_axis_mm=les.long_axis_mm,
-                        short_axis_mm=les.short_axis_mm,
-                        long_axis_endpoints=les.long_axis_endpoints,
-                        short_axis_endpoints=les.short_axis_endpoints,
-                        label=les.label,
-                        track_id=les.track_id,
-                    )
-                    for les in study.lesions
-                ),
+                lesions=tuple(train_lesion(les) for les in study.lesions),
                 labels=study.lesion_labels,
             )
 

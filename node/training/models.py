@@ -100,6 +100,11 @@ def _windows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([_normalise(x), soft], dim=1)
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour upsampling by 2 (the decoders' step)."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
@@ -157,10 +162,8 @@ class LesionDetector(nn.Module):
         f2 = f2.reshape(b, g * f2.shape[1], f2.shape[2], f2.shape[3])
         f1 = f1.reshape(b, g, f1.shape[1], f1.shape[2], f1.shape[3])[:, g // 2]
         y = self.fuse(f3)
-        y = F.interpolate(y, scale_factor=2.0, mode="nearest")
-        y = self.up2(torch.cat([y, f2], dim=1))
-        y = F.interpolate(y, scale_factor=2.0, mode="nearest")
-        y = self.up1(torch.cat([y, f1], dim=1))
+        y = self.up2(torch.cat([_up(y), f2], dim=1))
+        y = self.up1(torch.cat([_up(y), f1], dim=1))
         return self.heatmap(y), self.size(y), self.offset(y)
 
 
@@ -191,10 +194,6 @@ class LesionSegmenter(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(image))
-
-
-def _up(x: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 class LesionEmbedder(nn.Module):

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from node.inference import preprocess as pp
-from node.inference.analyzer import body_relative_cues
+from node.inference.analyzer import body_mask, box_crop, embedder_input
 from node.training.datasets import TYPE_ORDER, TrainStudy, lesion_mask_2d
 from node.training.models import NUM_TYPES, build
 
@@ -519,15 +519,15 @@ def embedder_data(studies: Iterable[TrainStudy], ssbr: Callable[[TrainStudy], np
             continue
         scores = ssbr(study)
         canvas = pp.make_canvas(study.pixels, study.spacing)
-        body = canvas.pixels > pp.window(np.array(-500.0))
+        body = body_mask(canvas)
         for lesion in study.lesions:
-            centre = ((lesion.box[1] + lesion.box[3]) / 2, (lesion.box[0] + lesion.box[2]) / 2)
-            size_mm = max((lesion.box[3] - lesion.box[1]) * study.spacing[1], (lesion.box[2] - lesion.box[0]) * study.spacing[2])
-            side = pp.crop_geometry(size_mm)
-            images.append(pp.lesion_crop(study.pixels, study.spacing, slice_=float(lesion.key_slice), center_rc=centre, side_mm=side).astype(np.float16))
-            k, r_c, c_c = canvas.from_volume(lesion.key_slice, *centre)
-            k = int(np.clip(round(k), 0, canvas.pixels.shape[0] - 1))
-            cues.append(body_relative_cues(body[k], r_c, c_c, float(scores[lesion.key_slice]), side))
+            centre, side = box_crop(lesion.box, study.spacing)
+            image, cue = embedder_input(
+                study.pixels, study.spacing, canvas, body, key_slice=lesion.key_slice, center_rc=centre, side_mm=side,
+                body_part_score=float(scores[lesion.key_slice]),
+            )
+            images.append(image.astype(np.float16))
+            cues.append(cue)
             types.append(TYPE_ORDER.index(lesion.lesion_type) if lesion.lesion_type is not None else -1)
             sizes.append((lesion.long_axis_mm, lesion.short_axis_mm))
             patients.append(study.patient)

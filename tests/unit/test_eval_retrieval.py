@@ -9,7 +9,7 @@ from node.eval import cohort as cohort_mod
 from node.eval import retrieval
 from node.inference.backend import OnnxBackend
 from node.synth.phantom import ScanParams, synthesize_study
-from node.training.datasets import TrainLesion, TrainStudy
+from node.training.datasets import TrainStudy, train_lesion
 from node.training.train import embedder_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,18 +86,7 @@ def test_truth_inputs_are_the_training_inputs(study):
         patient=study.patient,
         pixels=study.volume.pixels,
         spacing=study.volume.spacing,
-        lesions=tuple(
-            TrainLesion(
-                key_slice=les.key_slice,
-                box=les.box,
-                lesion_type=les.lesion_type,
-                long_axis_mm=les.long_axis_mm,
-                short_axis_mm=les.short_axis_mm,
-                long_axis_endpoints=les.long_axis_endpoints,
-                short_axis_endpoints=les.short_axis_endpoints,
-            )
-            for les in study.lesions
-        ),
+        lesions=tuple(train_lesion(les) for les in study.lesions),
     )
     data = embedder_data([train_study], lambda _: scores)
     assert images.shape == (len(study.lesions), 3, 64, 64)
