@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=8, help="in-memory cohort: patients (default 8)")
     p.add_argument("--timepoints", type=int, default=2, help="in-memory cohort: studies per patient, 1-8 (default 2)")
     p.add_argument("--seed", type=int, default=None, help="in-memory cohort seed (default 9001, held out from training)")
+    p.add_argument("--first-patient", type=int, default=1,
+                   help="in-memory cohort: number of the first patient (default 1); with --seed 0, 10000 and up are the training code's validation patients, never trained on")
     p.add_argument("--slices", type=int, default=None, help="in-memory cohort: slices per study, centred on its coverage (quick look; default: whole coverage)")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     p.add_argument("--backend", choices=("onnx", "triton"), default="onnx", help="onnx: in-process ONNX Runtime (default); triton: the running Triton")
@@ -47,14 +49,16 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         warnings.append("a cohort folder is held out only if written with a seed training did not use (training uses cohort seed 0)")
     else:
         seed = cohort_mod.HELD_OUT_COHORT_SEED if args.seed is None else args.seed
-        if seed == 0:
-            warnings.append("cohort seed 0 is the training cohort's seed: these figures are not held out")
+        if seed == 0 and args.first_patient < 10_000:
+            warnings.append("cohort seed 0, patients below 10000: the training patients; these figures are not held out")
+        elif seed == 0:
+            warnings.append("cohort seed 0, patients from 10000: the training code's validation patients (for tuning), not the held-out cohort")
         studies = cohort_mod.synthetic_cohort(
-            patients=args.patients, timepoints=args.timepoints, seed=seed, num_slices=args.slices
+            patients=args.patients, timepoints=args.timepoints, seed=seed, num_slices=args.slices, first_patient=args.first_patient
         )
         total = args.patients * args.timepoints
         description = (
-            f"in-memory synthetic cohort, seed {seed}, {args.patients} patients x {args.timepoints} timepoints, "
+            f"in-memory synthetic cohort, seed {seed}, patients {args.first_patient}..{args.first_patient + args.patients - 1} x {args.timepoints} timepoints, "
             "192x192 at 1.9-2.3 mm, 2-4 mm slices (held out: other seed and scan parameters than training)"
             + (f", {args.slices} slices per study" if args.slices else "")
         )
