@@ -327,12 +327,7 @@ class Analyzer:
                 volume_mm3 = float(mask.sum() * ss * rs * cs)
                 rr, cc = np.nonzero(key_mask)
                 rv, cv = float(rr.mean() + off[1]), float(cc.mean() + off[2])
-                box = (
-                    float(cc.min() + off[2]),
-                    float(rr.min() + off[1]),
-                    float(cc.max() + 1 + off[2]),
-                    float(rr.max() + 1 + off[1]),
-                )
+                box = _pixel_box(rr + off[1], cc + off[2])
                 zs, ys, xs = np.nonzero(mask)
                 lo = (zs.min(), ys.min(), xs.min())
                 hi = (zs.max() + 1, ys.max() + 1, xs.max() + 1)
@@ -406,7 +401,7 @@ def fit_lesions(backend: InferenceBackend, volume: Volume, places: list[Fit]) ->
                 continue
             extent = max((box[3] - box[1]) * rs, (box[2] - box[0]) * cs)
             if extent > FIT_FILL * side and side < 2 * pp.MAX_LESION_MM:
-                fits[i] = replace(fits[i], size_mm=extent * 1.25, center_rc=((box[1] + box[3] - 1) / 2, (box[0] + box[2] - 1) / 2))
+                fits[i] = replace(fits[i], size_mm=extent * 1.25, center_rc=((box[1] + box[3]) / 2, (box[0] + box[2]) / 2))
                 still.append(i)
         growing = still
     return fits
@@ -439,7 +434,13 @@ def _mask_box(
         return None
     centre = (int(np.clip(round(center_rc[0]) - r0, 0, mask.shape[0] - 1)), int(np.clip(round(center_rc[1]) - c0, 0, mask.shape[1] - 1)))
     rr, cc = np.nonzero(_component_near(mask, centre))
-    return (float(cc.min() + c0), float(rr.min() + r0), float(cc.max() + 1 + c0), float(rr.max() + 1 + r0))
+    return _pixel_box(rr + r0, cc + c0)
+
+
+def _pixel_box(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float, float, float]:
+    """Box (col0, row0, col1, row1) around pixels, edges half a pixel beyond the outer centres
+    (``Lesion.box``'s convention, also the synthetic truth's)."""
+    return (float(cols.min()) - 0.5, float(rows.min()) - 0.5, float(cols.max()) + 0.5, float(rows.max()) + 0.5)
 
 
 def _masks_in_volume(

@@ -46,7 +46,9 @@ class Lesion:
 
     index: int
     key_slice: int
-    box: tuple[float, float, float, float]  # (col0, row0, col1, row1) on the key slice
+    # (col0, row0, col1, row1) on the key slice, in pixel-index coordinates (pixel centres at
+    # integers): a mask covering columns 3..7 has col0 2.5 and col1 7.5, as the truth boxes do.
+    box: tuple[float, float, float, float]
     score: float
     lesion_type: LesionType
     recist: RecistAxes | None

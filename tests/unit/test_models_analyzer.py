@@ -126,3 +126,21 @@ def test_refined_boxes_follow_the_lesion_not_the_detector_size(backend, study) -
     assert iou(boxes[0], np.array([lesion.box]))[0] >= 0.5
     assert boxes[1] is None
     assert refine_boxes(backend, volume, canvas, []) == []
+
+
+def test_lesion_boxes_use_the_truth_convention(analysis, study) -> None:
+    # A box's edges lie half a pixel beyond its outer pixel centres, as the synthetic truth's do:
+    # a half-pixel shift would cost a 5-pixel lesion a third of its IoU.
+    from node.inference.analyzer import _pixel_box
+
+    assert _pixel_box(np.array([3, 7]), np.array([10, 12])) == (9.5, 2.5, 12.5, 7.5)
+    truth = study.lesions[0]
+    mask = study.lesion_labels[truth.key_slice] == truth.label
+    rows, cols = np.nonzero(mask)
+    assert _pixel_box(rows, cols) == pytest.approx(truth.box)
+    for lesion in analysis.lesions:
+        if lesion.mask is None:
+            continue
+        key = lesion.mask[lesion.key_slice - lesion.mask_offset[0]]
+        rows, cols = np.nonzero(key)
+        assert lesion.box == pytest.approx(_pixel_box(rows + lesion.mask_offset[1], cols + lesion.mask_offset[2]))
