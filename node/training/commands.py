@@ -37,10 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
-    p.add_argument("--embedder-timepoints", type=int, default=2, help="embedder: studies per training patient (default 2: each lesion seen at two sizes and poses)")
+    p.add_argument("--embedder-timepoints", type=int, default=3, help="embedder: studies per training patient (default 3: each lesion seen at three sizes and poses, and same-lesion pairs for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
     p.add_argument("--embedder-refine-steps", type=int, default=200, help="embedder steps after pseudo-label refinement (default 200)")
     p.add_argument("--embedder-classifier-weight", type=float, default=1.0, help="embedder: weight of the type head's loss (default 1.0)")
+    p.add_argument("--embedder-track-weight", type=float, default=1.0,
+                   help="embedder: weight of the same-lesion-over-time term where the data has lesion tracks (default 1.0; 0: the seed's losses only)")
     p.set_defaults(func=handle)
 
 
@@ -111,6 +113,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             result = train.train_lesion_embedder(
                 itertools.chain(embedder_studies, validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
                 refine_steps=int(args.embedder_refine_steps * scale), classifier_weight=args.embedder_classifier_weight,
+                track_weight=args.embedder_track_weight,
             )
         path = out / "onnx" / f"{model_name}.onnx"
         export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data_text[:200]})

@@ -92,12 +92,20 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 # window in their own graph, so the wire format (and both Triton variants) stays the seed's.
 SOFT_TISSUE_LOW = (-160.0 + 1024.0) * 255.0 / 4095.0
 SOFT_TISSUE_WIDTH = 400.0 * 255.0 / 4095.0
+# A lung window (-1000..-200 HU): ground-glass nodules (-650..-450 HU) against aerated lung
+# (about -850 HU) differ by 19 of 255 levels in the wide window and vanish in the soft-tissue one.
+LUNG_LOW = (-1000.0 + 1024.0) * 255.0 / 4095.0
+LUNG_WIDTH = 800.0 * 255.0 / 4095.0
 
 
-def _windows(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) 0..255 pixels -> (B, 2C, H, W): the wide window and the soft-tissue window."""
+def _windows(x: torch.Tensor, *, lung: bool = False) -> torch.Tensor:
+    """(B, C, H, W) 0..255 pixels -> the wide and soft-tissue windows, and the lung window if ``lung``:
+    (B, 2C or 3C, H, W)."""
     soft = torch.clamp((x - SOFT_TISSUE_LOW) / SOFT_TISSUE_WIDTH, 0.0, 1.0) * 2.0 - 1.0
-    return torch.cat([_normalise(x), soft], dim=1)
+    if not lung:
+        return torch.cat([_normalise(x), soft], dim=1)
+    lung_window = torch.clamp((x - LUNG_LOW) / LUNG_WIDTH, 0.0, 1.0) * 2.0 - 1.0
+    return torch.cat([_normalise(x), soft, lung_window], dim=1)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -199,20 +207,22 @@ class LesionSegmenter(nn.Module):
 class LesionEmbedder(nn.Module):
     """Triplet-trained embedding of a lesion crop plus its location and size cues.
 
-    The crop is seen in the wide and the soft-tissue window (``_windows``), as the segmenter sees it.
+    The crop is seen in the wide, soft-tissue and lung windows (``_windows``); the detector and the
+    segmenter see the first two (with the lung window they did no better on the held-out cohort:
+    their model cards).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            _conv(6, 16, 2), _conv(16, 32, 2), _conv(32, 48, 2), _conv(48, 64, 2), _conv(64, 64)  # 3 slices x 2 windows
+            _conv(9, 16, 2), _conv(16, 32, 2), _conv(32, 48, 2), _conv(48, 64, 2), _conv(64, 64)  # 3 slices x 3 windows
         )
         self.cue = nn.Sequential(nn.Linear(CUES, 32), nn.ReLU(inplace=True))
         self.project = nn.Sequential(nn.Linear(64 * 2 + 32, 64), nn.ReLU(inplace=True), nn.Linear(64, EMBEDDING_DIM))
         self.classifier = nn.Linear(EMBEDDING_DIM, NUM_TYPES)
 
     def forward(self, image: torch.Tensor, cues: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(_windows(image))
+        f = self.features(_windows(image, lung=True))
         centre = f[:, :, 1:3, 1:3].mean(dim=(2, 3))  # the lesion itself
         context = f.mean(dim=(2, 3))
         e = self.project(torch.cat([centre, context, self.cue(cues)], dim=1))

@@ -510,10 +510,20 @@ class EmbedderData:
     location: np.ndarray  # (N, 3) normalised x, y, z
     size: np.ndarray  # (N, 2) normalised long, short axis
     patients: np.ndarray
+    studies: np.ndarray  # (N,) the study key of each lesion
+    tracks: np.ndarray  # (N,) "patient/track" of each lesion, "" where no track is known
 
 
-def embedder_data(studies: Iterable[TrainStudy], ssbr: Callable[[TrainStudy], np.ndarray]) -> EmbedderData:
-    images, cues, types, sizes, patients = [], [], [], [], []
+CROP_JITTER = (0.85, 1.2)  # embedder training: crop side factor range (the analyzer's box is not the truth's)
+
+
+def embedder_data(
+    studies: Iterable[TrainStudy], ssbr: Callable[[TrainStudy], np.ndarray], *, rng: np.random.Generator | None = None
+) -> EmbedderData:
+    """One embedder input per annotated lesion; with ``rng``, each crop's side is scaled by a factor
+    in ``CROP_JITTER`` and its centre moved by about 5% of the side, as a found lesion's box differs
+    from its annotation."""
+    images, cues, types, sizes, patients, keys, tracks = [], [], [], [], [], [], []
     for study in studies:
         if not study.lesions:
             continue
@@ -522,6 +532,10 @@ def embedder_data(studies: Iterable[TrainStudy], ssbr: Callable[[TrainStudy], np
         body = body_mask(canvas)
         for lesion in study.lesions:
             centre, side = box_crop(lesion.box, study.spacing)
+            if rng is not None:
+                side *= float(rng.uniform(*CROP_JITTER))
+                shift = rng.normal(0.0, 0.05 * side, 2) / np.asarray(study.spacing[1:])
+                centre = (centre[0] + float(shift[0]), centre[1] + float(shift[1]))
             image, cue = embedder_input(
                 study.pixels, study.spacing, canvas, body, key_slice=lesion.key_slice, center_rc=centre, side_mm=side,
                 body_part_score=float(scores[lesion.key_slice]),
@@ -531,13 +545,16 @@ def embedder_data(studies: Iterable[TrainStudy], ssbr: Callable[[TrainStudy], np
             types.append(TYPE_ORDER.index(lesion.lesion_type) if lesion.lesion_type is not None else -1)
             sizes.append((lesion.long_axis_mm, lesion.short_axis_mm))
             patients.append(study.patient)
+            keys.append(study.key)
+            tracks.append(f"{study.patient}/{lesion.track_id}" if lesion.track_id else "")
     cues_a = np.asarray(cues, np.float32)
     loc = cues_a[:, :3].copy()
     loc = (loc - loc.min(0)) / np.maximum(loc.max(0) - loc.min(0), 1e-6)  # each dimension's max -> 1
     size = np.asarray(sizes, np.float32)
     size = size / max(size.max(), 1e-6)
     return EmbedderData(
-        images=np.stack(images), cues=cues_a, types=np.asarray(types), location=loc, size=size, patients=np.asarray(patients)
+        images=np.stack(images), cues=cues_a, types=np.asarray(types), location=loc, size=size, patients=np.asarray(patients),
+        studies=np.asarray(keys), tracks=np.asarray(tracks),
     )
 
 
@@ -577,6 +594,50 @@ def sequence_loss(emb: torch.Tensor) -> torch.Tensor:
     return loss.sum() / (2 * emb.shape[0])
 
 
+TRACK_MARGIN = 0.2
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackTriplets:
+    """Same-lesion pairs across a patient's studies, each with the other lesions of the second study.
+
+    ``anchor[i]`` and ``positive[i]`` are one lesion in two studies; ``negatives[i]`` are the
+    other lesions of ``positive[i]``'s study. Algorithm 1 joins two studies' lesions when each is
+    the other's nearest in that study (the exclusion step): these triplets train exactly that.
+    """
+
+    anchor: np.ndarray
+    positive: np.ndarray
+    negatives: tuple[np.ndarray, ...]
+
+
+def track_triplets(data: EmbedderData) -> TrackTriplets:
+    """Every ordered same-track pair from two studies whose second study holds other lesions too."""
+    anchors, positives, negatives = [], [], []
+    by_study: dict[str, np.ndarray] = {}
+    for key in np.unique(data.studies):
+        by_study[str(key)] = np.flatnonzero(data.studies == key)
+    known = np.flatnonzero(data.tracks != "")
+    for a in known:
+        same = known[(data.tracks[known] == data.tracks[a]) & (data.studies[known] != data.studies[a])]
+        for p in same:
+            others = by_study[str(data.studies[p])]
+            others = others[others != p]
+            if others.size:
+                anchors.append(int(a))
+                positives.append(int(p))
+                negatives.append(others)
+    return TrackTriplets(anchor=np.asarray(anchors, np.int64), positive=np.asarray(positives, np.int64), negatives=tuple(negatives))
+
+
+def track_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: list[torch.Tensor]) -> torch.Tensor:
+    """Hinge on squared distances: each anchor nearer its own lesion than the nearest other lesion
+    of that study, by ``TRACK_MARGIN``."""
+    d_ap = ((anchor - positive) ** 2).sum(-1)
+    d_an = torch.stack([((n - a) ** 2).sum(-1).min() for a, n in zip(anchor, negatives, strict=True)])
+    return F.relu(d_ap - d_an + TRACK_MARGIN).mean()
+
+
 def _embed_all(model: torch.nn.Module, data: EmbedderData) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     with torch.no_grad():
@@ -600,17 +661,28 @@ def train_lesion_embedder(
     refine_steps: int = 150,
     sequences_per_batch: int = 24,
     classifier_weight: float = 1.0,
+    track_weight: float = 1.0,
+    tracks_per_batch: int = 16,
+    crop_jitter: bool = True,
     progress: bool = True,
 ) -> TrainResult:
     """Triplet network with sequential sampling on pseudo-labels from a 25% labelled seed set.
 
     ``classifier_weight`` weighs the type head's cross-entropy on the (pseudo-)labels against
     the sequence loss: the stronger, the tighter each type's cluster in the embedding.
+    ``track_weight`` weighs :func:`track_loss` on ``tracks_per_batch`` same-lesion pairs per step,
+    where the studies give lesion tracks (the synthetic cohort does; DeepLesion does not, and
+    the term is then left out): the sequence loss pulls lesions of one type together, this
+    term keeps one patient's different lesions of that type apart over time. ``crop_jitter``
+    builds each crop from a jittered box (``embedder_data``).
     """
     if classifier_weight < 0:
         raise ValueError(f"classifier_weight: must be 0 or more, got {classifier_weight}")
+    if track_weight < 0:
+        raise ValueError(f"track_weight: must be 0 or more, got {track_weight}")
     t0 = time.perf_counter()
-    data = embedder_data(studies, ssbr)
+    data = embedder_data(studies, ssbr, rng=rng if crop_jitter else None)
+    triplets = track_triplets(data) if track_weight > 0 else TrackTriplets(anchor=np.zeros(0, np.int64), positive=np.zeros(0, np.int64), negatives=())
     n = len(data.types)
     labelled = np.flatnonzero(data.types >= 0)
     perm = rng.permutation(labelled)
@@ -639,9 +711,22 @@ def train_lesion_embedder(
             idx = np.asarray(seqs).reshape(-1)
             x = torch.from_numpy(data.images[idx].astype(np.float32))
             c = torch.from_numpy(data.cues[idx])
+            if triplets.anchor.size:
+                picks = rng.choice(triplets.anchor.size, size=min(tracks_per_batch, triplets.anchor.size), replace=False)
+                negs = [triplets.negatives[i] for i in picks]
+                extra = np.concatenate([triplets.anchor[picks], triplets.positive[picks], *negs])
+                x = torch.cat([x, torch.from_numpy(data.images[extra].astype(np.float32))])
+                c = torch.cat([c, torch.from_numpy(data.cues[extra])])
             emb, logits = model(x, c)
-            loss = sequence_loss(emb.reshape(len(seqs), 5, -1))
-            loss = loss + classifier_weight * F.cross_entropy(logits, torch.from_numpy(labels[idx]))
+            loss = sequence_loss(emb[: idx.size].reshape(len(seqs), 5, -1))
+            loss = loss + classifier_weight * F.cross_entropy(logits[: idx.size], torch.from_numpy(labels[idx]))
+            if triplets.anchor.size:
+                m = picks.size
+                rest = emb[idx.size :]
+                bounds = np.cumsum([0, *(len(g) for g in negs)]) + 2 * m
+                loss = loss + track_weight * track_loss(
+                    rest[:m], rest[m : 2 * m], [rest[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -672,6 +757,9 @@ def train_lesion_embedder(
             "test_type_acc_knn_on_embedding": acc2,
             "test_type_acc_classifier_head": head_acc,
             "classifier_weight": classifier_weight,
+            "track_weight": track_weight,
+            "crop_jitter": float(crop_jitter),
+            "same_lesion_pairs": float(triplets.anchor.size),
             "steps": float(steps),
             "refine_steps": float(refine_steps),
         },

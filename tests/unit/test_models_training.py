@@ -45,6 +45,37 @@ def test_sequential_sampling_orders_type_location_size() -> None:
     assert train.sequential_sample(25, np.array([0] * 26), location[:26], size[:26], rng) is None
 
 
+def _track_data(studies: list[str], tracks: list[str]) -> train.EmbedderData:
+    n = len(studies)
+    return train.EmbedderData(
+        images=np.zeros((n, 3, 4, 4), np.float16), cues=np.zeros((n, 4), np.float32), types=np.zeros(n, int),
+        location=np.zeros((n, 3)), size=np.zeros((n, 2)), patients=np.array([t.split("/")[0] or "p" for t in tracks]),
+        studies=np.array(studies), tracks=np.array(tracks),
+    )
+
+
+def test_track_triplets_pair_one_lesion_across_studies() -> None:
+    # Patient p: lesions a, b at T0 and T1; c only at T1. Patient q: one lesion, one study. One unknown track.
+    data = _track_data(
+        ["p0", "p0", "p1", "p1", "p1", "q0", "p0"],
+        ["p/a", "p/b", "p/a", "p/b", "p/c", "q/a", ""],
+    )
+    t = train.track_triplets(data)
+    pairs = {(int(a), int(p)): sorted(int(x) for x in n) for a, p, n in zip(t.anchor, t.positive, t.negatives, strict=True)}
+    assert pairs == {
+        (0, 2): [3, 4], (2, 0): [1, 6], (1, 3): [2, 4], (3, 1): [0, 6],
+    }
+
+
+def test_track_loss_is_zero_when_the_own_lesion_is_nearest_by_the_margin() -> None:
+    a = torch.tensor([[0.0, 0.0]])
+    p = torch.tensor([[0.1, 0.0]])
+    far = [torch.tensor([[0.0, 1.0], [1.0, 0.0]])]
+    assert float(train.track_loss(a, p, far)) == 0.0
+    near = [torch.tensor([[0.0, 0.3], [1.0, 0.0]])]  # 0.01 - 0.09 + 0.2
+    assert float(train.track_loss(a, p, near)) == pytest.approx(0.12)
+
+
 def test_detector_targets_mark_the_centre() -> None:
     mask = np.zeros((128, 128), bool)
     mask[40:60, 70:80] = True
