@@ -300,9 +300,16 @@ class Analyzer:
         images, cues = [], []
         body = body_mask(canvas)
         for item in segmented:
+            # Embed a lesion from its measured key-slice box, as training and the evaluation embed
+            # annotated lesions (box_crop); from the crop it was found in when there is no mask.
+            key_mask = item["mask"][item["key_m"]]
+            center_rc, side = item["center_rc"], item["side"]
+            if key_mask.any():
+                rr, cc = np.nonzero(key_mask)
+                center_rc, side = box_crop(_pixel_box(rr + item["offset"][1], cc + item["offset"][2]), volume.spacing)
             image, cue = embedder_input(
-                volume.pixels, volume.spacing, canvas, body, key_slice=item["key_slice"], center_rc=item["center_rc"],
-                side_mm=item["side"], body_part_score=float(body_part_scores[item["key_slice"]]),
+                volume.pixels, volume.spacing, canvas, body, key_slice=item["key_slice"], center_rc=center_rc,
+                side_mm=side, body_part_score=float(body_part_scores[item["key_slice"]]),
             )
             images.append(image)
             cues.append(cue)
