@@ -101,12 +101,41 @@ def test_matching_a_deeplesion_sized_cohort_is_fast() -> None:
     assert time.perf_counter() - start < 5.0
 
 
-def test_tuned_thresholds_in_settings_reach_the_target_on_a_held_out_cohort() -> None:
+def test_tuned_thresholds_carry_over_to_a_held_out_simulated_cohort() -> None:
     tuning = simulate_cohort(patients=300, studies=720, lesions=2200, seed=21)
     tuned = tune_thresholds(tuning, t1_grid=(0.1, 0.15, 0.2), t2_grid=(0.5, 0.6, 0.7, 0.8))
     assert tuned.precision >= 0.95 and tuned.recall >= 0.95
-    settings = Settings()
     held_out = simulate_cohort(patients=400, studies=960, lesions=2950, seed=99)
-    labels = match_lesions(held_out.embeddings, held_out.study, t1=settings.match_t1, t2=settings.match_t2, patient=held_out.patient)
+    labels = match_lesions(held_out.embeddings, held_out.study, t1=tuned.t1, t2=tuned.t2, patient=held_out.patient)
     precision, recall = pairwise_accuracy(groups_from_labels(labels), groups_from_labels(held_out.truth))
     assert precision >= 0.95 and recall >= 0.95
+
+
+def test_settings_thresholds_follow_the_committed_embedder_over_time() -> None:
+    # The committed models on 3 patients x 3 studies no model was trained on (cohort seed 0,
+    # patients 30000+): Algorithm 1 with the settings' thresholds on the analyzer's own lesions
+    # that match a truth lesion. A regression floor, not the 0.95 target, which `ainode eval`
+    # measures on the held-out cohort: these 3 patients give 0.82 / 0.78 (two liver lesions of
+    # one study embedded 0.03 apart; a lymph node that doubles in size moves 1.2; the previous
+    # embedder 0.83 / 0.83); random embeddings give recall 0.
+    from pathlib import Path
+
+    from node.eval.cohort import synthetic_cohort
+    from node.eval.runner import score_analysis
+    from node.inference.analyzer import Analyzer
+    from node.inference.backend import OnnxBackend
+
+    backend = OnnxBackend(Path(__file__).resolve().parents[2] / "triton_models", threads=1)
+    matched = []
+    for study in synthetic_cohort(patients=3, timepoints=3, seed=0, first_patient=30000):
+        matched += score_analysis(study, Analyzer(backend).analyze(study.volume))
+    settings = Settings()
+    _, patient = np.unique([m.patient for m in matched], return_inverse=True)
+    _, study_ids = np.unique([f"{m.patient}/{m.timepoint}" for m in matched], return_inverse=True)
+    _, truth = np.unique([m.track_id for m in matched], return_inverse=True)
+    emb = np.stack([m.embedding for m in matched])
+    labels = match_lesions(emb, study_ids.ravel(), t1=settings.match_t1, t2=settings.match_t2, patient=patient.ravel())
+    true_pairs = sum(c * (c - 1) // 2 for c in np.bincount(truth.ravel()))
+    assert true_pairs >= 5, f"too few lesions found again over time to test ({len(matched)} matched)"
+    precision, recall = pairwise_accuracy(groups_from_labels(labels), groups_from_labels(truth.ravel()))
+    assert precision >= 0.75 and recall >= 0.75, (precision, recall)
