@@ -22,11 +22,33 @@ def test_embedder_contract_and_unit_norm() -> None:
     np.testing.assert_allclose(emb.norm(dim=1).numpy(), 1.0, atol=1e-5)
 
 
+def _first_layer_inputs(model: LesionEmbedder, images: torch.Tensor, cues: torch.Tensor) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+    hook = model.features[0][0].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(images, cues)
+    hook.remove()
+    return seen[0]
+
+
+def test_embedder_sees_the_lung_window() -> None:
+    model = LesionEmbedder().eval()
+    lung = float(pp.window(np.array(-850.0)))
+    ground_glass = float(pp.window(np.array(-550.0)))
+    a = torch.full((1, 3, pp.CROP_SIZE, pp.CROP_SIZE), lung)
+    b = a.clone()
+    b[:, :, 24:40, 24:40] = ground_glass
+    x = _first_layer_inputs(model, torch.cat([a, b]), torch.full((2, CUES), 0.5))
+    contrast = (x[0] - x[1]).abs().amax(dim=(1, 2))  # channels: 3 wide, 3 soft-tissue, 3 lung
+    assert float(contrast[6:].min()) > 2.5 * float(contrast[:3].max())  # 300 HU: 0.29 wide, 0.75 lung
+    assert float(contrast[3:6].max()) == 0.0  # both below the soft-tissue window
+
+
 def test_embedder_sees_the_soft_tissue_window_and_the_cues() -> None:
     torch.manual_seed(0)
     model = LesionEmbedder().eval()
     first = model.features[0][0]
-    assert first.in_channels == 6  # 3 slices x (wide, soft-tissue) windows
+    assert first.in_channels == 9  # 3 slices x (wide, soft-tissue, lung) windows
     liver = float(pp.window(np.array(60.0)))
     lesion = float(pp.window(np.array(20.0)))  # 40 HU darker: under 3 levels of the wide window
     a = torch.full((1, 3, pp.CROP_SIZE, pp.CROP_SIZE), liver)
@@ -40,7 +62,7 @@ def test_embedder_sees_the_soft_tissue_window_and_the_cues() -> None:
         model(torch.cat([a, b]), cues.repeat(2, 1))
     hook.remove()
     contrast = (seen[0][0] - seen[0][1]).abs().amax(dim=(1, 2))  # per input channel
-    assert float(contrast[3:].min()) > 4.0 * float(contrast[:3].max())  # the soft-tissue window spreads the 40 HU
+    assert float(contrast[3:6].min()) > 4.0 * float(contrast[:3].max())  # the soft-tissue window spreads the 40 HU
     with torch.no_grad():
         ea, _ = model(a, cues)
         ec, _ = model(a, torch.tensor([[0.1, 0.9, 0.5, 0.2]]))
