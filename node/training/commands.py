@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
-    p.add_argument("--embedder-timepoints", type=int, default=3, help="embedder: studies per training patient (default 3: each lesion seen at three sizes and poses, and same-lesion pairs for the track term)")
+    p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
     p.add_argument("--embedder-refine-steps", type=int, default=200, help="embedder steps after pseudo-label refinement (default 200)")
     p.add_argument("--embedder-classifier-weight", type=float, default=1.0, help="embedder: weight of the type head's loss (default 1.0)")
