@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -409,17 +409,19 @@ def _retrieval_summary(figures: dict, protocol: str, *, with_lesions: bool = Fal
     return out
 
 
-def _graph_accuracy(
-    emb: np.ndarray, *, patients: list[str], studies: list[str], tracks: list[str], ids: list[str], settings: Settings
+def graph_accuracy(
+    lesions: Sequence[MatchedLesion | retrieval.TruthEmbedding], emb: np.ndarray, settings: Settings
 ) -> tuple[dict[str, object], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Algorithm 1 with the settings' thresholds against the true tracks: precision, recall, pairs.
+    """Algorithm 1 with the settings' thresholds on ``lesions`` (their embeddings ``emb``) against
+    the true tracks: pairwise precision, recall and the number of true pairs.
 
     Also returns the (patient, study, track) indices the figures were computed on.
     """
-    _, patient = np.unique(patients, return_inverse=True)
-    _, study = np.unique(studies, return_inverse=True)
-    _, truth = np.unique(tracks, return_inverse=True)
+    _, patient = np.unique([m.patient for m in lesions], return_inverse=True)
+    _, study = np.unique([f"{m.patient}/{m.timepoint}" for m in lesions], return_inverse=True)
+    _, truth = np.unique([m.track_id for m in lesions], return_inverse=True)
     patient, study, truth = patient.ravel(), study.ravel(), truth.ravel()
+    ids = [m.lesion_id for m in lesions]
     labels = match_lesions(emb, study, t1=settings.match_t1, t2=settings.match_t2, patient=patient)
     precision, recall = pairwise_accuracy(groups_from_labels(labels, ids), groups_from_labels(truth, ids))
     figures: dict[str, object] = {
@@ -435,14 +437,7 @@ def _matching(lesions: list[MatchedLesion], emb: np.ndarray, settings: Settings)
     if not lesions:
         result.update(precision=None, recall=None, tuned=None)
         return result
-    figures, (patient, study, truth) = _graph_accuracy(
-        emb,
-        patients=[m.patient for m in lesions],
-        studies=[f"{m.patient}/{m.timepoint}" for m in lesions],
-        tracks=[m.track_id for m in lesions],
-        ids=[m.lesion_id for m in lesions],
-        settings=settings,
-    )
+    figures, (patient, study, truth) = graph_accuracy(lesions, emb, settings)
     cohort = SyntheticCohort(
         embeddings=emb.astype(np.float32),
         patient=patient.astype(np.int64),
@@ -464,15 +459,7 @@ def _matching_truth(lesions: list[retrieval.TruthEmbedding], emb: np.ndarray, se
     if not lesions:
         result.update(precision=None, recall=None)
         return result
-    figures, _ = _graph_accuracy(
-        emb,
-        patients=[t.patient for t in lesions],
-        studies=[f"{t.patient}/{t.timepoint}" for t in lesions],
-        tracks=[t.track_id for t in lesions],
-        ids=[t.lesion_id for t in lesions],
-        settings=settings,
-    )
-    result.update(figures)
+    result.update(graph_accuracy(lesions, emb, settings)[0])
     return result
 
 

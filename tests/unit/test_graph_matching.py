@@ -122,7 +122,7 @@ def test_settings_thresholds_follow_the_committed_embedder_over_time() -> None:
     from pathlib import Path
 
     from node.eval.cohort import synthetic_cohort
-    from node.eval.runner import score_analysis
+    from node.eval.runner import graph_accuracy, score_analysis
     from node.inference.analyzer import Analyzer
     from node.inference.backend import OnnxBackend
 
@@ -130,13 +130,7 @@ def test_settings_thresholds_follow_the_committed_embedder_over_time() -> None:
     matched = []
     for study in synthetic_cohort(patients=3, timepoints=3, seed=0, first_patient=30000):
         matched += score_analysis(study, Analyzer(backend).analyze(study.volume))
-    settings = Settings()
-    _, patient = np.unique([m.patient for m in matched], return_inverse=True)
-    _, study_ids = np.unique([f"{m.patient}/{m.timepoint}" for m in matched], return_inverse=True)
-    _, truth = np.unique([m.track_id for m in matched], return_inverse=True)
-    emb = np.stack([m.embedding for m in matched])
-    labels = match_lesions(emb, study_ids.ravel(), t1=settings.match_t1, t2=settings.match_t2, patient=patient.ravel())
-    true_pairs = sum(c * (c - 1) // 2 for c in np.bincount(truth.ravel()))
-    assert true_pairs >= 5, f"too few lesions found again over time to test ({len(matched)} matched)"
-    precision, recall = pairwise_accuracy(groups_from_labels(labels), groups_from_labels(truth.ravel()))
+    figures, _ = graph_accuracy(matched, np.stack([m.embedding for m in matched]), Settings())
+    assert figures["true_pairs"] >= 5, f"too few lesions found again over time to test ({len(matched)} matched)"
+    precision, recall = figures["precision"], figures["recall"]
     assert precision >= 0.7 and recall >= 0.7, (precision, recall)
