@@ -278,9 +278,12 @@ class Analyzer:
                 m += direction
         # RECIST is measured where the lesion is largest: move the key slice there.
         areas = mask.sum(axis=(1, 2))
+        key_box = None  # the key slice mask's box in volume pixels; None without a mask
         if areas.any():
             key_m = int(np.argmax(areas))
             key_slice = int(slices[key_m])
+            rr, cc = np.nonzero(mask[key_m])
+            key_box = _pixel_box(rr + r0, cc + c0)
         return {
             "group": group,
             "key_slice": key_slice,
@@ -289,6 +292,7 @@ class Analyzer:
             "mask": mask,
             "offset": (int(slices[0]), r0, c0),
             "key_m": key_m,
+            "key_box": key_box,
         }
 
     def _embed(
@@ -302,11 +306,9 @@ class Analyzer:
         for item in segmented:
             # Embed a lesion from its measured key-slice box, as training and the evaluation embed
             # annotated lesions (box_crop); from the crop it was found in when there is no mask.
-            key_mask = item["mask"][item["key_m"]]
             center_rc, side = item["center_rc"], item["side"]
-            if key_mask.any():
-                rr, cc = np.nonzero(key_mask)
-                center_rc, side = box_crop(_pixel_box(rr + item["offset"][1], cc + item["offset"][2]), volume.spacing)
+            if item["key_box"] is not None:
+                center_rc, side = box_crop(item["key_box"], volume.spacing)
             image, cue = embedder_input(
                 volume.pixels, volume.spacing, canvas, body, key_slice=item["key_slice"], center_rc=center_rc,
                 side_mm=side, body_part_score=float(body_part_scores[item["key_slice"]]),
@@ -334,7 +336,7 @@ class Analyzer:
                 volume_mm3 = float(mask.sum() * ss * rs * cs)
                 rr, cc = np.nonzero(key_mask)
                 rv, cv = float(rr.mean() + off[1]), float(cc.mean() + off[2])
-                box = _pixel_box(rr + off[1], cc + off[2])
+                box = item["key_box"]
                 zs, ys, xs = np.nonzero(mask)
                 lo = (zs.min(), ys.min(), xs.min())
                 hi = (zs.max() + 1, ys.max() + 1, xs.max() + 1)
