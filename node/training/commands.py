@@ -70,7 +70,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(f"{args.deeplesion}: found {len(series)} usable series; need at least 4")
         n_val = max(1, len(series) // 10)
 
-        def studies():
+        def studies(timepoints: int = 1):  # DeepLesion's studies are what they are
             return datasets.deeplesion_studies(args.deeplesion, series=series[:-n_val])
 
         validation = list(datasets.deeplesion_studies(args.deeplesion, series=series[-n_val:]))
@@ -78,10 +78,12 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     else:
         from tqdm import tqdm
 
-        def studies():
+        def studies(timepoints: int = 1):
             # A fresh pass each time: every trainer reads the cohort once, so memory stays flat.
-            return tqdm(datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=args.medium_every),
-                        total=args.patients, desc="synthetic cohort", leave=False)
+            return tqdm(
+                datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=args.medium_every, timepoints=timepoints),
+                total=args.patients * timepoints, desc="synthetic cohort", leave=False,
+            )
 
         validation = list(datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed))
         data_text = (
@@ -106,12 +108,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             result = train.train_lesion_segmenter(studies(), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
         else:
             ssbr = _ssbr_from_onnx(out)
-            embedder_studies = studies() if args.deeplesion is not None else tqdm(
-                datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=args.medium_every,
-                                           timepoints=max(1, args.embedder_timepoints)),
-                total=args.patients * max(1, args.embedder_timepoints), desc="synthetic cohort", leave=False)
             result = train.train_lesion_embedder(
-                itertools.chain(embedder_studies, validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
+                itertools.chain(studies(timepoints=max(1, args.embedder_timepoints)), validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
                 refine_steps=int(args.embedder_refine_steps * scale), classifier_weight=args.embedder_classifier_weight,
                 track_weight=args.embedder_track_weight,
             )
