@@ -682,7 +682,8 @@ def train_lesion_embedder(
         raise ValueError(f"track_weight: must be 0 or more, got {track_weight}")
     t0 = time.perf_counter()
     data = embedder_data(studies, ssbr, rng=rng if crop_jitter else None)
-    triplets = track_triplets(data) if track_weight > 0 else TrackTriplets(anchor=np.zeros(0, np.int64), positive=np.zeros(0, np.int64), negatives=())
+    triplets = track_triplets(data)
+    use_tracks = track_weight > 0 and triplets.anchor.size > 0
     n = len(data.types)
     labelled = np.flatnonzero(data.types >= 0)
     perm = rng.permutation(labelled)
@@ -711,7 +712,7 @@ def train_lesion_embedder(
             idx = np.asarray(seqs).reshape(-1)
             x = torch.from_numpy(data.images[idx].astype(np.float32))
             c = torch.from_numpy(data.cues[idx])
-            if triplets.anchor.size:
+            if use_tracks:  # the same-lesion triplets ride in the same forward pass, after the sequences
                 picks = rng.choice(triplets.anchor.size, size=min(tracks_per_batch, triplets.anchor.size), replace=False)
                 negs = [triplets.negatives[i] for i in picks]
                 extra = np.concatenate([triplets.anchor[picks], triplets.positive[picks], *negs])
@@ -720,13 +721,9 @@ def train_lesion_embedder(
             emb, logits = model(x, c)
             loss = sequence_loss(emb[: idx.size].reshape(len(seqs), 5, -1))
             loss = loss + classifier_weight * F.cross_entropy(logits[: idx.size], torch.from_numpy(labels[idx]))
-            if triplets.anchor.size:
-                m = picks.size
-                rest = emb[idx.size :]
-                bounds = np.cumsum([0, *(len(g) for g in negs)]) + 2 * m
-                loss = loss + track_weight * track_loss(
-                    rest[:m], rest[m : 2 * m], [rest[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-                )
+            if use_tracks:
+                anchor, positive, *negatives = torch.split(emb[idx.size :], [picks.size, picks.size, *(len(g) for g in negs)])
+                loss = loss + track_weight * track_loss(anchor, positive, negatives)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -759,7 +756,7 @@ def train_lesion_embedder(
             "classifier_weight": classifier_weight,
             "track_weight": track_weight,
             "crop_jitter": float(crop_jitter),
-            "same_lesion_pairs": float(triplets.anchor.size),
+            "same_lesion_pairs": float(triplets.anchor.size if use_tracks else 0),
             "steps": float(steps),
             "refine_steps": float(refine_steps),
         },
