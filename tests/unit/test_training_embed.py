@@ -55,13 +55,8 @@ def test_embedder_sees_the_soft_tissue_window_and_the_cues() -> None:
     b = a.clone()
     b[:, :, 24:40, 24:40] = lesion
     cues = torch.tensor([[0.5, 0.5, 0.5, 0.2]])
-
-    seen: list[torch.Tensor] = []
-    hook = first.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
-    with torch.no_grad():
-        model(torch.cat([a, b]), cues.repeat(2, 1))
-    hook.remove()
-    contrast = (seen[0][0] - seen[0][1]).abs().amax(dim=(1, 2))  # per input channel
+    x = _first_layer_inputs(model, torch.cat([a, b]), cues.repeat(2, 1))
+    contrast = (x[0] - x[1]).abs().amax(dim=(1, 2))  # per input channel
     assert float(contrast[3:6].min()) > 4.0 * float(contrast[:3].max())  # the soft-tissue window spreads the 40 HU
     with torch.no_grad():
         ea, _ = model(a, cues)
