@@ -101,11 +101,15 @@ LUNG_WIDTH = 800.0 * 255.0 / 4095.0
 def _windows(x: torch.Tensor, *, lung: bool = False) -> torch.Tensor:
     """(B, C, H, W) 0..255 pixels -> the wide and soft-tissue windows, and the lung window if ``lung``:
     (B, 2C or 3C, H, W)."""
-    soft = torch.clamp((x - SOFT_TISSUE_LOW) / SOFT_TISSUE_WIDTH, 0.0, 1.0) * 2.0 - 1.0
-    if not lung:
-        return torch.cat([_normalise(x), soft], dim=1)
-    lung_window = torch.clamp((x - LUNG_LOW) / LUNG_WIDTH, 0.0, 1.0) * 2.0 - 1.0
-    return torch.cat([_normalise(x), soft, lung_window], dim=1)
+    windows = [_normalise(x), _band(x, SOFT_TISSUE_LOW, SOFT_TISSUE_WIDTH)]
+    if lung:
+        windows.append(_band(x, LUNG_LOW, LUNG_WIDTH))
+    return torch.cat(windows, dim=1)
+
+
+def _band(x: torch.Tensor, low: float, width: float) -> torch.Tensor:
+    """Pixels ``low`` .. ``low + width`` (0..255 units) stretched to -1..1, clipped outside."""
+    return torch.clamp((x - low) / width, 0.0, 1.0) * 2.0 - 1.0
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
