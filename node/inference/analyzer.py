@@ -228,8 +228,10 @@ class Analyzer:
         timings["detect"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        fits = fit_lesions(self.backend, volume, [_detection_place(volume, canvas, g[0]) for g in groups])
-        segmented = [self._segment(volume, g, fit) for g, fit in zip(groups, fits, strict=True)]
+        places = [_detection_place(volume, canvas, g[0]) for g in groups]
+        segmented = [
+            {"group": g, **walked} for g, walked in zip(groups, walk_masks(self.backend, volume, places), strict=True)
+        ]
         timings["segment"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -246,54 +248,6 @@ class Analyzer:
             timings=timings,
             model_versions=versions,
         )
-
-    def _segment(self, volume: Volume, group: list[Detection], fit: Fit) -> dict:
-        ss = volume.spacing[0]
-        n = volume.pixels.shape[0]
-        key_slice, (rv, cv), size_mm = fit.key_slice, fit.center_rc, fit.size_mm
-        side = pp.crop_geometry(size_mm)
-        reach = int(np.ceil(0.75 * size_mm / ss)) + 1
-        slices = np.arange(max(0, key_slice - reach), min(n, key_slice + reach + 1))
-        crops = np.stack(
-            [pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(s), center_rc=(rv, cv), side_mm=side) for s in slices]
-        )
-        probs = self.backend.infer("lesion_segmenter", {"image": crops})["mask"][:, 0]
-        local, (r0, c0) = _masks_in_volume(probs, volume, (rv, cv), side)
-        r1, c1 = r0 + local.shape[1], c0 + local.shape[2]
-        centre = (int(np.clip(round(rv), r0, r1 - 1)) - r0, int(np.clip(round(cv), c0, c1 - 1)) - c0)
-        key_m = key_slice - int(slices[0])
-        mask = np.zeros_like(local)
-        mask[key_m] = _component_near(local[key_m], centre)
-        # Propagate outwards: keep components overlapping the neighbour slice's mask.
-        for direction in (1, -1):
-            m = key_m + direction
-            while 0 <= m < len(slices) and mask[m - direction].any():
-                labels, count = ndimage.label(local[m])
-                if count == 0:
-                    break
-                overlap = np.unique(labels[mask[m - direction] & (labels > 0)])
-                if overlap.size == 0:
-                    break
-                mask[m] = np.isin(labels, overlap)
-                m += direction
-        # RECIST is measured where the lesion is largest: move the key slice there.
-        areas = mask.sum(axis=(1, 2))
-        key_box = None  # the key slice mask's box in volume pixels; None without a mask
-        if areas.any():
-            key_m = int(np.argmax(areas))
-            key_slice = int(slices[key_m])
-            rr, cc = np.nonzero(mask[key_m])
-            key_box = _pixel_box(rr + r0, cc + c0)
-        return {
-            "group": group,
-            "key_slice": key_slice,
-            "center_rc": (rv, cv),
-            "side": side,
-            "mask": mask,
-            "offset": (int(slices[0]), r0, c0),
-            "key_m": key_m,
-            "key_box": key_box,
-        }
 
     def _embed(
         self, volume: Volume, canvas: pp.Canvas, segmented: list[dict], body_part_scores: np.ndarray
@@ -381,39 +335,182 @@ class Fit:
 
 
 def fit_lesions(backend: InferenceBackend, volume: Volume, places: list[Fit]) -> list[Fit]:
-    """Size (mm), centre and key-slice box of each lesion, from the segmenter.
+    """Key-slice box of each lesion from the segmenter (``box`` None where it finds nothing).
 
     ``places`` hold the detector's slice, centre and size. The crop is twice the detector's box;
-    a lesion the detector under-sizes would be cut at the crop's edge (and its long axis with
-    it), so the slice is segmented again on a larger crop, centred on the mask, while the mask
-    fills the crop (at most ``FIT_ROUNDS`` rounds; one segmenter call per round for all lesions).
+    a lesion the detector under-sizes would be cut at the crop's edge, so the slice is segmented
+    again on a larger crop, centred on the mask, while the mask fills it (``_segment_slices``).
     """
-    _, rs, cs = volume.spacing
-    fits = list(places)
-    growing = list(range(len(fits)))
-    for _ in range(FIT_ROUNDS):
-        if not growing:
+    masks = _segment_slices(backend, volume, [(p.key_slice, p.center_rc, p.size_mm) for p in places], [None] * len(places))
+    return [replace(p, box=_pixel_box(*np.nonzero(m)) if m.any() else None) for p, m in zip(places, masks, strict=True)]
+
+
+# A walk stops this far (in z) from its start, in units of the largest in-plane extent seen:
+# generous, the overlap rule is what ends a walk (synthetic lesions are at most as deep as wide).
+WALK_REACH = 1.0
+# The next slice's crop is sized for a lesion this much larger than the last slice's mask: the
+# segmenter was trained on lesions filling 40-60% of the crop's side and finds nothing in a crop
+# the lesion overfills, so a lesion that widens from one slice to the next must still fit.
+WALK_MARGIN = 1.4
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Frontier:
+    """One lesion's walk in one direction: the last slice segmented and its mask."""
+
+    lesion: int
+    slice_: int
+    mask: np.ndarray  # whole-slice boolean mask of the last slice
+    step: int
+
+
+def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> list[dict]:
+    """3D mask of each lesion, segmented slice by slice outwards from its key slice.
+
+    ``fits`` hold the detector's slice, centre and size; that slice is segmented as
+    ``fit_lesions`` does. Each next slice is cropped around the previous slice's mask and sized
+    to it (with ``WALK_MARGIN``, grown while the mask fills the crop), and keeps the mask
+    components that overlap the previous slice's mask. A lesion the detector found near one of its ends is followed through
+    its widest slices rather than cut off by a crop sized for that end. One segmenter call per
+    step for all lesions. Returns, per fit, the mask (bounding-box array), its offset, the key
+    slice (where the mask is largest: RECIST is measured there) and its box.
+    """
+    n = volume.pixels.shape[0]
+    ss = volume.spacing[0]
+    key_masks = _segment_slices(
+        backend, volume, [(f.key_slice, f.center_rc, f.size_mm) for f in fits], [None] * len(fits)
+    )
+    slices: list[dict[int, np.ndarray]] = [{} for _ in fits]
+    reach_mm = [0.0] * len(fits)
+    frontier: list[_Frontier] = []
+    for i, (fit, mask) in enumerate(zip(fits, key_masks, strict=True)):
+        if mask.any():
+            slices[i][fit.key_slice] = mask
+            reach_mm[i] = _extent_mm(mask, volume.spacing)
+            frontier += [_Frontier(lesion=i, slice_=fit.key_slice, mask=mask, step=d) for d in (1, -1)]
+    while frontier:
+        frontier = [
+            f for f in frontier
+            if 0 <= f.slice_ + f.step < n and abs(f.slice_ + f.step - fits[f.lesion].key_slice) * ss <= WALK_REACH * reach_mm[f.lesion] + ss
+        ]
+        if not frontier:
             break
-        sides = [pp.crop_geometry(fits[i].size_mm) for i in growing]
+        requests = [(f.slice_ + f.step, _mask_centre(f.mask), WALK_MARGIN * _extent_mm(f.mask, volume.spacing)) for f in frontier]
+        masks = _segment_slices(backend, volume, requests, [f.mask for f in frontier])
+        still = []
+        for f, mask in zip(frontier, masks, strict=True):
+            if not mask.any():
+                continue
+            slices[f.lesion][f.slice_ + f.step] = mask
+            reach_mm[f.lesion] = max(reach_mm[f.lesion], _extent_mm(mask, volume.spacing))
+            still.append(_Frontier(lesion=f.lesion, slice_=f.slice_ + f.step, mask=mask, step=f.step))
+        frontier = still
+    # The widest slice, where RECIST is measured, once more with a crop sized to its own mask
+    # (the geometry the segmenter was trained on) rather than to its neighbour's.
+    widest = [(i, max(found, key=lambda z: found[z].sum())) for i, found in enumerate(slices) if found]
+    refined = _segment_slices(
+        backend, volume,
+        [(z, _mask_centre(slices[i][z]), _extent_mm(slices[i][z], volume.spacing)) for i, z in widest],
+        [slices[i][z] for i, z in widest],
+    )
+    for (i, z), mask in zip(widest, refined, strict=True):
+        if mask.any():
+            slices[i][z] = mask
+    return [_assemble(fit, found) for fit, found in zip(fits, slices, strict=True)]
+
+
+def _segment_slices(
+    backend: InferenceBackend,
+    volume: Volume,
+    requests: list[tuple[int, tuple[float, float], float]],
+    anchors: list[np.ndarray | None],
+) -> list[np.ndarray]:
+    """Whole-slice mask of each (slice, centre (row, col), size mm) request.
+
+    With an anchor (the neighbouring slice's mask) the components overlapping it are kept;
+    without, the component nearest the centre. The crop grows while the mask fills it.
+    """
+    rows, cols = volume.pixels.shape[1:]
+    _, rs, cs = volume.spacing
+    out = [np.zeros((rows, cols), dtype=bool) for _ in requests]
+    pending = list(range(len(requests)))
+    places = [(float(c[0]), float(c[1]), float(size)) for _, c, size in requests]
+    for round_ in range(FIT_ROUNDS + 1):
+        if not pending:
+            break
+        sides = [pp.crop_geometry(places[i][2]) for i in pending]
         crops = np.stack(
             [
-                pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(fits[i].key_slice), center_rc=fits[i].center_rc, side_mm=side)
-                for i, side in zip(growing, sides, strict=True)
+                pp.lesion_crop(volume.pixels, volume.spacing, slice_=float(requests[i][0]), center_rc=places[i][:2], side_mm=side)
+                for i, side in zip(pending, sides, strict=True)
             ]
         )
-        probs = backend.infer("lesion_segmenter", {"image": crops})["mask"][:, 0]  # backends batch to the model's limit
-        still = []
-        for i, side, prob in zip(growing, sides, probs, strict=True):
-            box = _mask_box(prob[None], volume, fits[i].center_rc, side)
-            fits[i] = replace(fits[i], box=box)
-            if box is None:
+        probs = backend.infer("lesion_segmenter", {"image": crops})["mask"][:, 0]
+        again = []
+        for i, side, prob in zip(pending, sides, probs, strict=True):
+            local, (r0, c0) = _masks_in_volume(prob[None], volume, places[i][:2], side)
+            whole = np.zeros((rows, cols), dtype=bool)
+            whole[r0 : r0 + local.shape[1], c0 : c0 + local.shape[2]] = local[0]
+            anchor = anchors[i]
+            if anchor is None:
+                centre = (int(np.clip(round(places[i][0]), 0, rows - 1)), int(np.clip(round(places[i][1]), 0, cols - 1)))
+                mask = _component_near(whole, centre) if whole.any() else whole
+            else:
+                labels, count = ndimage.label(whole)
+                keep = np.unique(labels[anchor & (labels > 0)]) if count else np.array([], dtype=int)
+                mask = np.isin(labels, keep) if keep.size else np.zeros_like(whole)
+            out[i] = mask
+            if round_ == FIT_ROUNDS or side >= 2 * pp.MAX_LESION_MM:
                 continue
-            extent = max((box[3] - box[1]) * rs, (box[2] - box[0]) * cs)
-            if extent > FIT_FILL * side and side < 2 * pp.MAX_LESION_MM:
-                fits[i] = replace(fits[i], size_mm=extent * 1.25, center_rc=((box[1] + box[3]) / 2, (box[0] + box[2]) / 2))
-                still.append(i)
-        growing = still
-    return fits
+            if not mask.any() and anchor is not None and round_ == 0:
+                # Nothing where the neighbour was: the lesion may overfill the crop; look wider once.
+                places[i] = (*places[i][:2], places[i][2] * 1.5)
+                again.append(i)
+            elif mask.any() and _extent_mm(mask, volume.spacing) > FIT_FILL * side:
+                places[i] = (*_mask_centre(mask), _extent_mm(mask, volume.spacing) * 1.25)
+                again.append(i)
+        pending = again
+    return out
+
+
+def _mask_centre(mask: np.ndarray) -> tuple[float, float]:
+    """Centre (row, col) of a mask's bounding box."""
+    rr, cc = np.nonzero(mask)
+    return (float(rr.min() + rr.max()) / 2.0, float(cc.min() + cc.max()) / 2.0)
+
+
+def _extent_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Larger side (mm) of a mask's bounding box, edge to edge."""
+    rr, cc = np.nonzero(mask)
+    return max((rr.max() - rr.min() + 1) * spacing[1], (cc.max() - cc.min() + 1) * spacing[2])
+
+
+def _assemble(fit: Fit, found: dict[int, np.ndarray]) -> dict:
+    """A walk's slices as one bounding-box mask, with its key slice where the mask is largest."""
+    side = pp.crop_geometry(fit.size_mm)
+    if not found:
+        return {
+            "key_slice": fit.key_slice, "center_rc": fit.center_rc, "side": side,
+            "mask": np.zeros((1, 1, 1), dtype=bool), "offset": (fit.key_slice, 0, 0), "key_m": 0, "key_box": None,
+        }
+    zs = sorted(found)
+    union = np.logical_or.reduce([found[z] for z in zs])
+    rr, cc = np.nonzero(union)
+    r0, r1, c0, c1 = int(rr.min()), int(rr.max()) + 1, int(cc.min()), int(cc.max()) + 1
+    mask = np.zeros((zs[-1] - zs[0] + 1, r1 - r0, c1 - c0), dtype=bool)
+    for z in zs:
+        mask[z - zs[0]] = found[z][r0:r1, c0:c1]
+    key_m = int(np.argmax(mask.sum(axis=(1, 2))))
+    kr, kc = np.nonzero(mask[key_m])
+    return {
+        "key_slice": zs[0] + key_m,
+        "center_rc": fit.center_rc,
+        "side": side,
+        "mask": mask,
+        "offset": (zs[0], r0, c0),
+        "key_m": key_m,
+        "key_box": _pixel_box(kr + r0, kc + c0),
+    }
 
 
 def _detection_place(volume: Volume, canvas: pp.Canvas, d: Detection) -> Fit:
@@ -431,19 +528,6 @@ def refine_boxes(
     slice; ``None`` where the segmenter finds nothing there. The evaluation scores these boxes.
     """
     return [fit.box for fit in fit_lesions(backend, volume, [_detection_place(volume, canvas, d) for d in detections])]
-
-
-def _mask_box(
-    prob: np.ndarray, volume: Volume, center_rc: tuple[float, float], side: float
-) -> tuple[float, float, float, float] | None:
-    """Volume box (col0, row0, col1, row1) of the crop mask's component nearest ``center_rc``."""
-    local, (r0, c0) = _masks_in_volume(prob, volume, center_rc, side)
-    mask = local[0]
-    if not mask.any():
-        return None
-    centre = (int(np.clip(round(center_rc[0]) - r0, 0, mask.shape[0] - 1)), int(np.clip(round(center_rc[1]) - c0, 0, mask.shape[1] - 1)))
-    rr, cc = np.nonzero(_component_near(mask, centre))
-    return _pixel_box(rr + r0, cc + c0)
 
 
 def _pixel_box(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float, float, float]:

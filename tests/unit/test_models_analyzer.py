@@ -144,3 +144,31 @@ def test_lesion_boxes_use_the_truth_convention(analysis, study) -> None:
         key = lesion.mask[lesion.key_slice - lesion.mask_offset[0]]
         rows, cols = np.nonzero(key)
         assert lesion.box == pytest.approx(_pixel_box(rows + lesion.mask_offset[1], cols + lesion.mask_offset[2]))
+
+
+def test_a_lesion_found_near_its_end_is_measured_at_its_widest_slice(backend) -> None:
+    # The detector often fires most strongly where a lesion is small (one of its ends); the slice
+    # walk must follow the lesion through its widest slices, as a crop sized for that end cannot.
+    from node.inference.analyzer import Fit, _extent_mm, walk_masks
+
+    from node.synth.phantom import ScanParams
+
+    # A validation patient at 2 mm slices, so that its largest lesion spans many slices.
+    study = synthesize_study(10002, 0, scan=ScanParams(rows=192, columns=192, pixel_spacing=2.1, slice_thickness=2.0))
+    volume = study.to_volume()
+    lesion = max(study.lesions, key=lambda les: les.long_axis_mm)
+    label = study.lesion_labels == lesion.label
+    present = np.nonzero(label.any(axis=(1, 2)))[0]
+    end = int(present.max())
+    assert end - lesion.key_slice >= 3, "the test needs a lesion several slices deep"
+    rows, cols = np.nonzero(label[end])
+    place = Fit(key_slice=end, center_rc=(rows.mean(), cols.mean()), size_mm=_extent_mm(label[end], volume.spacing), box=None)
+    walked = walk_masks(backend, volume, [place])[0]
+    assert abs(walked["key_slice"] - lesion.key_slice) <= 2
+    key = np.zeros(label.shape[1:], dtype=bool)
+    off = walked["offset"]
+    key_mask = walked["mask"][walked["key_m"]]
+    key[off[1] : off[1] + key_mask.shape[0], off[2] : off[2] + key_mask.shape[1]] = key_mask
+    truth = label[lesion.key_slice]
+    dice = 2 * (key & truth).sum() / (key.sum() + truth.sum())
+    assert dice >= 0.7, f"widest-slice Dice {dice:.2f}"
