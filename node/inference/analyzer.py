@@ -449,16 +449,22 @@ def _segment_slices(
         again = []
         for i, side, prob in zip(pending, sides, probs, strict=True):
             local, (r0, c0) = _masks_in_volume(prob[None], volume, places[i][:2], side)
-            whole = np.zeros((rows, cols), dtype=bool)
-            whole[r0 : r0 + local.shape[1], c0 : c0 + local.shape[2]] = local[0]
+            local = local[0]
+            window = (slice(r0, r0 + local.shape[0]), slice(c0, c0 + local.shape[1]))
             anchor = anchors[i]
-            if anchor is None:
-                centre = (int(np.clip(round(places[i][0]), 0, rows - 1)), int(np.clip(round(places[i][1]), 0, cols - 1)))
-                mask = _component_near(whole, centre) if whole.any() else whole
+            if not local.any():
+                pass
+            elif anchor is None:
+                centre = (
+                    int(np.clip(round(places[i][0]) - r0, 0, local.shape[0] - 1)),
+                    int(np.clip(round(places[i][1]) - c0, 0, local.shape[1] - 1)),
+                )
+                local = _component_near(local, centre)
             else:
-                labels, count = ndimage.label(whole)
-                keep = np.unique(labels[anchor & (labels > 0)]) if count else np.array([], dtype=int)
-                mask = np.isin(labels, keep) if keep.size else np.zeros_like(whole)
+                labels, _ = ndimage.label(local)
+                local = np.isin(labels, np.unique(labels[anchor[window] & (labels > 0)]))
+            mask = np.zeros((rows, cols), dtype=bool)
+            mask[window] = local
             out[i] = mask
             if round_ == FIT_ROUNDS or side >= 2 * pp.MAX_LESION_MM:
                 continue
