@@ -135,10 +135,16 @@ class _ModelInfo:
 
 
 class _Region:
-    """One system shared-memory region registered with the server, grown on demand."""
+    """One system shared-memory region registered with the server, grown on demand.
+
+    A grown region gets a new name (``base``, then ``base_1``, ...): the server may still list
+    the old one for a moment after it is unregistered, and registering a name it lists fails.
+    """
 
     def __init__(self, client, name: str) -> None:
         self._client = client
+        self._base = name
+        self._grown = 0
         self.name = name
         self.size = 0
         self.handle = None
@@ -148,7 +154,10 @@ class _Region:
 
         if size <= self.size:
             return
-        self.release()
+        if self.handle is not None:
+            self.release()
+            self._grown += 1
+            self.name = f"{self._base}_{self._grown}"
         size = max(size, 1 << 16)
         key = f"/{self.name}"
         self.handle = shm.create_shared_memory_region(self.name, key, size)
@@ -163,7 +172,7 @@ class _Region:
         try:
             self._client.unregister_system_shared_memory(self.name)
         except Exception as exc:  # noqa: BLE001 - server may be gone at shutdown
-            logger.debug("unregister %s: %s", self.name, exc)
+            logger.warning("could not unregister shared memory %s: %s", self.name, exc)
         shm.destroy_shared_memory_region(self.handle)
         self.handle = None
         self.size = 0

@@ -87,3 +87,18 @@ def test_analyzer_through_triton(triton: EmbeddedTriton, small_volume) -> None:
     assert via_triton.not_analysed is None
     np.testing.assert_allclose(via_triton.body_part_scores, local.body_part_scores, atol=1e-4)
     assert len(via_triton.lesions) == len(local.lesions)
+
+
+def test_shared_memory_regions_grow_with_the_batch(triton: EmbeddedTriton) -> None:
+    # The analyzer's slice walk sends the segmenter batches of every size, small and large in
+    # turn: each larger batch re-registers its regions with the server (once failed with
+    # "shared memory region ... already in manager").
+    rng = np.random.default_rng(1)
+    local = OnnxBackend(REPO, threads=1)
+    remote = TritonBackend(triton.grpc_url, use_shared_memory=True)
+    try:
+        for batch in (1, 4, 2, 9, 1, 30, 3, 64):
+            feeds = _inputs("lesion_segmenter", batch, rng)
+            np.testing.assert_allclose(remote.infer("lesion_segmenter", feeds)["mask"], local.infer("lesion_segmenter", feeds)["mask"], atol=1e-4)
+    finally:
+        remote.close()
