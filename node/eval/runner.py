@@ -480,5 +480,5 @@ def evaluate_cohort(
     cached = backend if isinstance(backend, DetectorCache) else DetectorCache(backend)
     scores = []
     for study in tqdm(studies, total=total, desc="eval", unit="study", disable=not progress):
-        scores.append(evaluate_study(study, cached, froc_threshold=froc_threshold))
+        scores.append(evaluate_study(study, cached, froc_threshold=froc_threshold, detection_threshold=settings.detection_threshold))
     return summarize(scores, settings), scores
