@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=160, help="synthetic training patients (default 160)")
     p.add_argument("--val-patients", type=int, default=12, help="synthetic validation patients (default 12)")
     p.add_argument("--cohort-seed", type=int, default=0)
-    p.add_argument("--medium-every", type=int, default=3, help="synthetic cohort: every N-th patient at 256x256, 1.5-1.8 mm (default 3; 0: none)")
+    p.add_argument("--medium-every", type=int, default=None,
+                   help="synthetic cohort: every N-th patient at 256x256, 1.5-1.8 mm, 1.25-3 mm slices, the rest at 128x128, 3.3 mm, 5 mm slices "
+                        "(default: 1 for the detector, 3 for the other models; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="torch / numpy seed")
     p.add_argument("--deeplesion", type=Path, default=None, help="train on a DeepLesion download (DL_info.csv + Images_png/) instead")
     p.add_argument("--max-series", type=int, default=None, help="DeepLesion: at most this many series")
@@ -70,7 +72,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(f"{args.deeplesion}: found {len(series)} usable series; need at least 4")
         n_val = max(1, len(series) // 10)
 
-        def studies(timepoints: int = 1):  # DeepLesion's studies are what they are
+        def studies(timepoints: int = 1, medium_every: int | None = None):  # DeepLesion's studies are what they are
             return datasets.deeplesion_studies(args.deeplesion, series=series[:-n_val])
 
         validation = list(datasets.deeplesion_studies(args.deeplesion, series=series[-n_val:]))
@@ -78,10 +80,10 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     else:
         from tqdm import tqdm
 
-        def studies(timepoints: int = 1):
+        def studies(timepoints: int = 1, medium_every: int = DEFAULT_MEDIUM_EVERY):
             # A fresh pass each time: every trainer reads the cohort once, so memory stays flat.
             return tqdm(
-                datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=args.medium_every, timepoints=timepoints),
+                datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=medium_every, timepoints=timepoints),
                 total=args.patients * timepoints, desc="synthetic cohort", leave=False,
             )
 
@@ -89,37 +91,59 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         data_text = (
             f"synthetic cohort (node.synth), cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
             f"for training, patients 10000..{10_000 + args.val_patients - 1} for validation "
-            f"({sum(len(s.lesions) for s in validation)} lesions); small preset, "
-            + (f"every {args.medium_every}-th training patient at 256x256" if args.medium_every else "no patient at 256x256")
-            + ", every third validation patient at 256x256"
+            f"({sum(len(s.lesions) for s in validation)} lesions); "
+            + "{medium}, every third validation patient at 256x256"  # per model: _medium_text
         )
     version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
     command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])
     scale = max(0.05, args.scale)
 
     for model_name in wanted:
+        medium = _medium_every(args, model_name)
         if model_name == "body_part_regressor":
-            result = train.train_body_part_regressor(studies(), rng=rng, steps=int(args.ssbr_steps * scale))
+            result = train.train_body_part_regressor(studies(medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale))
         elif model_name == "lesion_detector":
-            result = train.train_lesion_detector(studies(), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
+            result = train.train_lesion_detector(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
                 per_lesion=args.detector_per_lesion, negatives=args.detector_negatives,
             )
         elif model_name == "lesion_segmenter":
-            result = train.train_lesion_segmenter(studies(), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
+            result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
         else:
             ssbr = _ssbr_from_onnx(out)
             result = train.train_lesion_embedder(
-                itertools.chain(studies(timepoints=max(1, args.embedder_timepoints)), validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
+                itertools.chain(studies(timepoints=max(1, args.embedder_timepoints), medium_every=medium), validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
                 refine_steps=int(args.embedder_refine_steps * scale), classifier_weight=args.embedder_classifier_weight,
                 track_weight=args.embedder_track_weight,
             )
         path = out / "onnx" / f"{model_name}.onnx"
-        export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data_text[:200]})
-        _write_card(out, result, data_text=data_text, command=command, version=_versions(out)[model_name], path=path)
+        data = data_text.replace("{medium}", _medium_text(medium))
+        export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data[:200]})
+        _write_card(out, result, data_text=data, command=command, version=_versions(out)[model_name], path=path)
         print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()))
 
     export.write_triton_configs(out, _versions(out))
     return 0
+
+
+DEFAULT_MEDIUM_EVERY = 3
+# The detector learns from 256x256 studies only: on the 128x128 preset (3.3 mm pixels, 5 mm
+# slices) lung vessels and small nodules blur alike, and unseen 192x192 patients drew twice the
+# false positives (triton_models/cards/lesion_detector.md).
+MEDIUM_EVERY = {"lesion_detector": 1}
+
+
+def _medium_every(args: argparse.Namespace, model_name: str) -> int:
+    if args.medium_every is not None:
+        return args.medium_every
+    return MEDIUM_EVERY.get(model_name, DEFAULT_MEDIUM_EVERY)
+
+
+def _medium_text(medium_every: int) -> str:
+    if medium_every == 1:
+        return "every training patient at 256x256"
+    if medium_every:
+        return f"small preset, every {medium_every}-th training patient at 256x256"
+    return "small preset, no training patient at 256x256"
 
 
 def _versions(out: Path) -> dict[str, str]:

@@ -24,6 +24,9 @@ def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
         card = json.loads((out / "cards" / f"{name}.json").read_text())
         assert card["figures"] and card["version"] == versions[name]
         assert (out / "cpu" / name / "config.pbtxt").is_file() and (out / "gpu" / name / "config.pbtxt").is_file()
+    # The detector trains on 256x256 studies only, the others on the mixed cohort (_medium_every).
+    assert "every training patient at 256x256" in json.loads((out / "cards" / "lesion_detector.json").read_text())["data"]
+    assert "every 3-th training patient at 256x256" in json.loads((out / "cards" / "lesion_segmenter.json").read_text())["data"]
     score = backend.infer("body_part_regressor", {"image": np.zeros((2, 1, 64, 64), np.float32)})["score"]
     assert score.shape == (2, 1) and np.isfinite(score).all()
 
