@@ -150,7 +150,6 @@ def test_a_lesion_found_near_its_end_is_measured_at_its_widest_slice(backend) ->
     # The detector often fires most strongly where a lesion is small (one of its ends); the slice
     # walk must follow the lesion through its widest slices, as a crop sized for that end cannot.
     from node.inference.analyzer import Fit, _extent_mm, walk_masks
-
     from node.synth.phantom import ScanParams
 
     # A validation patient at 2 mm slices, so that its largest lesion spans many slices.
