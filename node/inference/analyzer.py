@@ -341,8 +341,63 @@ def fit_lesions(backend: InferenceBackend, volume: Volume, places: list[Fit]) ->
     a lesion the detector under-sizes would be cut at the crop's edge, so the slice is segmented
     again on a larger crop, centred on the mask, while the mask fills it (``_segment_slices``).
     """
-    masks = _segment_slices(backend, volume, [(p.key_slice, p.center_rc, p.size_mm) for p in places], [None] * len(places))
-    return [replace(p, box=_pixel_box(*np.nonzero(m)) if m.any() else None) for p, m in zip(places, masks, strict=True)]
+    return [replace(p, box=None if m is None else m.box) for p, m in zip(places, _fit_masks(backend, volume, places), strict=True)]
+
+
+def _fit_masks(backend: InferenceBackend, volume: Volume, places: list[Fit]) -> list[SliceMask | None]:
+    """The mask of each place's slice: the component nearest its centre, the crop grown to fit."""
+    return _segment_slices(backend, volume, [(p.key_slice, p.center_rc, p.size_mm) for p in places], [None] * len(places))
+
+
+@dataclass(frozen=True)
+class SliceMask:
+    """A lesion's mask on one slice, kept as its bounding box's pixels (never empty).
+
+    Masks are stored per slice for every lesion of a study: a whole 512x512 slice each would
+    cost memory in proportion to the slice rather than to the lesion.
+    """
+
+    row0: int
+    col0: int
+    pixels: np.ndarray  # bool (rows, cols) of the bounding box
+
+    @classmethod
+    def of(cls, mask: np.ndarray, row0: int = 0, col0: int = 0) -> SliceMask | None:
+        """The nonzero part of ``mask`` (placed at ``row0``, ``col0``); None when it is empty."""
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            return None
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return cls(int(row0 + r0), int(col0 + c0), mask[r0:r1, c0:c1].copy())
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """(col0, row0, col1, row1) in ``Lesion.box``'s convention (``_pixel_box``)."""
+        h, w = self.pixels.shape
+        return (self.col0 - 0.5, self.row0 - 0.5, self.col0 + w - 0.5, self.row0 + h - 0.5)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """Centre (row, col) of the bounding box."""
+        h, w = self.pixels.shape
+        return (self.row0 + (h - 1) / 2.0, self.col0 + (w - 1) / 2.0)
+
+    def extent_mm(self, spacing: tuple[float, float, float]) -> float:
+        """Larger side (mm) of the bounding box, edge to edge."""
+        h, w = self.pixels.shape
+        return max(h * spacing[1], w * spacing[2])
+
+    def within(self, row0: int, col0: int, shape: tuple[int, int]) -> np.ndarray:
+        """This mask on the window of ``shape`` at (``row0``, ``col0``)."""
+        out = np.zeros(shape, dtype=bool)
+        h, w = self.pixels.shape
+        r_lo, r_hi = max(row0, self.row0), min(row0 + shape[0], self.row0 + h)
+        c_lo, c_hi = max(col0, self.col0), min(col0 + shape[1], self.col0 + w)
+        if r_lo < r_hi and c_lo < c_hi:
+            out[r_lo - row0 : r_hi - row0, c_lo - col0 : c_hi - col0] = self.pixels[
+                r_lo - self.row0 : r_hi - self.row0, c_lo - self.col0 : c_hi - self.col0
+            ]
+        return out
 
 
 # A walk stops this far (in z) from its start, in units of the largest in-plane extent seen:
@@ -360,7 +415,7 @@ class _Frontier:
 
     lesion: int
     slice_: int
-    mask: np.ndarray  # whole-slice boolean mask of the last slice
+    mask: SliceMask
     step: int
 
 
@@ -370,23 +425,21 @@ def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> li
     ``fits`` hold the detector's slice, centre and size; that slice is segmented as
     ``fit_lesions`` does. Each next slice is cropped around the previous slice's mask and sized
     to it (with ``WALK_MARGIN``, grown while the mask fills the crop), and keeps the mask
-    components that overlap the previous slice's mask. A lesion the detector found near one of its ends is followed through
-    its widest slices rather than cut off by a crop sized for that end. One segmenter call per
-    step for all lesions. Returns, per fit, the mask (bounding-box array), its offset, the key
-    slice (where the mask is largest: RECIST is measured there) and its box.
+    components that overlap the previous slice's mask. A lesion the detector found near one of
+    its ends is followed through its widest slices rather than cut off by a crop sized for that
+    end. One segmenter call per step for all lesions. Returns, per fit, the mask (bounding-box
+    array), its offset, the key slice (where the mask is largest: RECIST is measured there) and
+    its box.
     """
     n = volume.pixels.shape[0]
     ss = volume.spacing[0]
-    key_masks = _segment_slices(
-        backend, volume, [(f.key_slice, f.center_rc, f.size_mm) for f in fits], [None] * len(fits)
-    )
-    slices: list[dict[int, np.ndarray]] = [{} for _ in fits]
+    slices: list[dict[int, SliceMask]] = [{} for _ in fits]
     reach_mm = [0.0] * len(fits)
     frontier: list[_Frontier] = []
-    for i, (fit, mask) in enumerate(zip(fits, key_masks, strict=True)):
-        if mask.any():
+    for i, (fit, mask) in enumerate(zip(fits, _fit_masks(backend, volume, fits), strict=True)):
+        if mask is not None:
             slices[i][fit.key_slice] = mask
-            reach_mm[i] = _extent_mm(mask, volume.spacing)
+            reach_mm[i] = mask.extent_mm(volume.spacing)
             frontier += [_Frontier(lesion=i, slice_=fit.key_slice, mask=mask, step=d) for d in (1, -1)]
     while frontier:
         frontier = [
@@ -395,26 +448,25 @@ def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> li
         ]
         if not frontier:
             break
-        requests = [(f.slice_ + f.step, _mask_centre(f.mask), WALK_MARGIN * _extent_mm(f.mask, volume.spacing)) for f in frontier]
-        masks = _segment_slices(backend, volume, requests, [f.mask for f in frontier])
+        requests = [(f.slice_ + f.step, f.mask.centre, WALK_MARGIN * f.mask.extent_mm(volume.spacing)) for f in frontier]
         still = []
-        for f, mask in zip(frontier, masks, strict=True):
-            if not mask.any():
+        for f, mask in zip(frontier, _segment_slices(backend, volume, requests, [f.mask for f in frontier]), strict=True):
+            if mask is None:
                 continue
             slices[f.lesion][f.slice_ + f.step] = mask
-            reach_mm[f.lesion] = max(reach_mm[f.lesion], _extent_mm(mask, volume.spacing))
+            reach_mm[f.lesion] = max(reach_mm[f.lesion], mask.extent_mm(volume.spacing))
             still.append(_Frontier(lesion=f.lesion, slice_=f.slice_ + f.step, mask=mask, step=f.step))
         frontier = still
     # The widest slice, where RECIST is measured, once more with a crop sized to its own mask
     # (the geometry the segmenter was trained on) rather than to its neighbour's.
-    widest = [(i, max(found, key=lambda z: found[z].sum())) for i, found in enumerate(slices) if found]
+    widest = [(i, max(found, key=lambda z: found[z].pixels.sum())) for i, found in enumerate(slices) if found]
     refined = _segment_slices(
         backend, volume,
-        [(z, _mask_centre(slices[i][z]), _extent_mm(slices[i][z], volume.spacing)) for i, z in widest],
+        [(z, slices[i][z].centre, slices[i][z].extent_mm(volume.spacing)) for i, z in widest],
         [slices[i][z] for i, z in widest],
     )
     for (i, z), mask in zip(widest, refined, strict=True):
-        if mask.any():
+        if mask is not None:
             slices[i][z] = mask
     return [_assemble(fit, found) for fit, found in zip(fits, slices, strict=True)]
 
@@ -423,16 +475,15 @@ def _segment_slices(
     backend: InferenceBackend,
     volume: Volume,
     requests: list[tuple[int, tuple[float, float], float]],
-    anchors: list[np.ndarray | None],
-) -> list[np.ndarray]:
-    """Whole-slice mask of each (slice, centre (row, col), size mm) request.
+    anchors: list[SliceMask | None],
+) -> list[SliceMask | None]:
+    """The mask of each (slice, centre (row, col), size mm) request; None where there is none.
 
     With an anchor (the neighbouring slice's mask) the components overlapping it are kept;
-    without, the component nearest the centre. The crop grows while the mask fills it.
+    without, the component nearest the centre. The crop grows while the mask fills it, and when
+    nothing overlaps the anchor it is tried once 1.5x wider (the lesion may overfill it).
     """
-    rows, cols = volume.pixels.shape[1:]
-    _, rs, cs = volume.spacing
-    out = [np.zeros((rows, cols), dtype=bool) for _ in requests]
+    out: list[SliceMask | None] = [None] * len(requests)
     pending = list(range(len(requests)))
     places = [(float(c[0]), float(c[1]), float(size)) for _, c, size in requests]
     for round_ in range(FIT_ROUNDS + 1):
@@ -449,49 +500,33 @@ def _segment_slices(
         again = []
         for i, side, prob in zip(pending, sides, probs, strict=True):
             local, (r0, c0) = _masks_in_volume(prob[None], volume, places[i][:2], side)
-            local = local[0]
-            window = (slice(r0, r0 + local.shape[0]), slice(c0, c0 + local.shape[1]))
-            anchor = anchors[i]
-            if not local.any():
-                pass
-            elif anchor is None:
-                centre = (
-                    int(np.clip(round(places[i][0]) - r0, 0, local.shape[0] - 1)),
-                    int(np.clip(round(places[i][1]) - c0, 0, local.shape[1] - 1)),
-                )
-                local = _component_near(local, centre)
-            else:
-                labels, _ = ndimage.label(local)
-                local = np.isin(labels, np.unique(labels[anchor[window] & (labels > 0)]))
-            mask = np.zeros((rows, cols), dtype=bool)
-            mask[window] = local
+            mask = SliceMask.of(_keep(local[0], (r0, c0), places[i][:2], anchors[i]), r0, c0)
             out[i] = mask
             if round_ == FIT_ROUNDS or side >= 2 * pp.MAX_LESION_MM:
                 continue
-            if not mask.any() and anchor is not None and round_ == 0:
-                # Nothing where the neighbour was: the lesion may overfill the crop; look wider once.
+            if mask is None and anchors[i] is not None and round_ == 0:
                 places[i] = (*places[i][:2], places[i][2] * 1.5)
                 again.append(i)
-            elif mask.any() and _extent_mm(mask, volume.spacing) > FIT_FILL * side:
-                places[i] = (*_mask_centre(mask), _extent_mm(mask, volume.spacing) * 1.25)
+            elif mask is not None and mask.extent_mm(volume.spacing) > FIT_FILL * side:
+                places[i] = (*mask.centre, mask.extent_mm(volume.spacing) * 1.25)
                 again.append(i)
         pending = again
     return out
 
 
-def _mask_centre(mask: np.ndarray) -> tuple[float, float]:
-    """Centre (row, col) of a mask's bounding box."""
-    rr, cc = np.nonzero(mask)
-    return (float(rr.min() + rr.max()) / 2.0, float(cc.min() + cc.max()) / 2.0)
+def _keep(local: np.ndarray, origin: tuple[int, int], centre: tuple[float, float], anchor: SliceMask | None) -> np.ndarray:
+    """The components of a window's mask (at volume ``origin``) that belong to the lesion: those
+    overlapping ``anchor``, or without one the component nearest ``centre``."""
+    if not local.any():
+        return local
+    if anchor is None:
+        near = tuple(int(np.clip(round(c) - o, 0, n - 1)) for c, o, n in zip(centre, origin, local.shape, strict=True))
+        return _component_near(local, near)
+    labels, _ = ndimage.label(local)
+    return np.isin(labels, np.unique(labels[anchor.within(*origin, local.shape) & (labels > 0)]))
 
 
-def _extent_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Larger side (mm) of a mask's bounding box, edge to edge."""
-    rr, cc = np.nonzero(mask)
-    return max((rr.max() - rr.min() + 1) * spacing[1], (cc.max() - cc.min() + 1) * spacing[2])
-
-
-def _assemble(fit: Fit, found: dict[int, np.ndarray]) -> dict:
+def _assemble(fit: Fit, found: dict[int, SliceMask]) -> dict:
     """A walk's slices as one bounding-box mask, with its key slice where the mask is largest."""
     side = pp.crop_geometry(fit.size_mm)
     if not found:
@@ -500,14 +535,12 @@ def _assemble(fit: Fit, found: dict[int, np.ndarray]) -> dict:
             "mask": np.zeros((1, 1, 1), dtype=bool), "offset": (fit.key_slice, 0, 0), "key_m": 0, "key_box": None,
         }
     zs = sorted(found)
-    union = np.logical_or.reduce([found[z] for z in zs])
-    rr, cc = np.nonzero(union)
-    r0, r1, c0, c1 = int(rr.min()), int(rr.max()) + 1, int(cc.min()), int(cc.max()) + 1
-    mask = np.zeros((zs[-1] - zs[0] + 1, r1 - r0, c1 - c0), dtype=bool)
-    for z in zs:
-        mask[z - zs[0]] = found[z][r0:r1, c0:c1]
+    r0 = min(m.row0 for m in found.values())
+    c0 = min(m.col0 for m in found.values())
+    r1 = max(m.row0 + m.pixels.shape[0] for m in found.values())
+    c1 = max(m.col0 + m.pixels.shape[1] for m in found.values())
+    mask = np.stack([found[z].within(r0, c0, (r1 - r0, c1 - c0)) for z in zs])  # a walk's slices are contiguous
     key_m = int(np.argmax(mask.sum(axis=(1, 2))))
-    kr, kc = np.nonzero(mask[key_m])
     return {
         "key_slice": zs[0] + key_m,
         "center_rc": fit.center_rc,
@@ -515,7 +548,7 @@ def _assemble(fit: Fit, found: dict[int, np.ndarray]) -> dict:
         "mask": mask,
         "offset": (zs[0], r0, c0),
         "key_m": key_m,
-        "key_box": _pixel_box(kr + r0, kc + c0),
+        "key_box": found[zs[0] + key_m].box,
     }
 
 

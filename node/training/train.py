@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from node.inference import preprocess as pp
-from node.inference.analyzer import body_mask, box_crop, embedder_input
+from node.inference.analyzer import SliceMask, body_mask, box_crop, embedder_input
 from node.training.datasets import TYPE_ORDER, TrainStudy, lesion_mask_2d
 from node.training.models import NUM_TYPES, build
 
@@ -399,7 +399,7 @@ def segmenter_samples(
             if not key_mask.any():
                 continue
             rr, cc = np.nonzero(key_mask)
-            size_mm = max((rr.max() - rr.min() + 1) * study.spacing[1], (cc.max() - cc.min() + 1) * study.spacing[2])
+            size_mm = SliceMask.of(key_mask).extent_mm(study.spacing)
             reach = 0 if study.labels is None else int(np.ceil(0.75 * size_mm / study.spacing[0])) + 1
             for i in range(per_lesion):
                 s = lesion.key_slice if i == 0 or reach == 0 else int(np.clip(lesion.key_slice + rng.integers(-reach, reach + 1), 0, study.pixels.shape[0] - 1))
@@ -477,7 +477,7 @@ def evaluate_segmenter(model: torch.nn.Module, studies: Sequence[TrainStudy]) ->
                 if not mask.any():
                     continue
                 rr, cc = np.nonzero(mask)
-                size_mm = max((rr.max() - rr.min() + 1) * study.spacing[1], (cc.max() - cc.min() + 1) * study.spacing[2])
+                size_mm = SliceMask.of(mask).extent_mm(study.spacing)
                 centre = (rr.mean(), cc.mean())
                 side = pp.crop_geometry(size_mm)
                 image = pp.lesion_crop(study.pixels, study.spacing, slice_=float(lesion.key_slice), center_rc=centre, side_mm=side)

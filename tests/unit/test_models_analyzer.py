@@ -149,7 +149,7 @@ def test_lesion_boxes_use_the_truth_convention(analysis, study) -> None:
 def test_a_lesion_found_near_its_end_is_measured_at_its_widest_slice(backend) -> None:
     # The detector often fires most strongly where a lesion is small (one of its ends); the slice
     # walk must follow the lesion through its widest slices, as a crop sized for that end cannot.
-    from node.inference.analyzer import Fit, _extent_mm, walk_masks
+    from node.inference.analyzer import Fit, SliceMask, walk_masks
     from node.synth.phantom import ScanParams
 
     # A validation patient at 2 mm slices, so that its largest lesion spans many slices.
@@ -161,7 +161,7 @@ def test_a_lesion_found_near_its_end_is_measured_at_its_widest_slice(backend) ->
     end = int(present.max())
     assert end - lesion.key_slice >= 3, "the test needs a lesion several slices deep"
     rows, cols = np.nonzero(label[end])
-    place = Fit(key_slice=end, center_rc=(rows.mean(), cols.mean()), size_mm=_extent_mm(label[end], volume.spacing), box=None)
+    place = Fit(key_slice=end, center_rc=(rows.mean(), cols.mean()), size_mm=SliceMask.of(label[end]).extent_mm(volume.spacing), box=None)
     walked = walk_masks(backend, volume, [place])[0]
     assert abs(walked["key_slice"] - lesion.key_slice) <= 2
     key = np.zeros(label.shape[1:], dtype=bool)
