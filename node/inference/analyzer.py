@@ -372,9 +372,9 @@ class SliceMask:
 
     @property
     def box(self) -> tuple[float, float, float, float]:
-        """(col0, row0, col1, row1) in ``Lesion.box``'s convention (``_pixel_box``)."""
+        """(col0, row0, col1, row1) in ``Lesion.box``'s convention."""
         h, w = self.pixels.shape
-        return (self.col0 - 0.5, self.row0 - 0.5, self.col0 + w - 0.5, self.row0 + h - 0.5)
+        return _pixel_box(np.array([self.row0, self.row0 + h - 1]), np.array([self.col0, self.col0 + w - 1]))
 
     @property
     def centre(self) -> tuple[float, float]:
