@@ -76,7 +76,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             return datasets.deeplesion_studies(args.deeplesion, series=series[:-n_val])
 
         validation = list(datasets.deeplesion_studies(args.deeplesion, series=series[-n_val:]))
-        data_text = f"DeepLesion at {args.deeplesion}: {len(series) - n_val} training series, {n_val} validation series"
+        def describe(medium_every: int) -> str:
+            return f"DeepLesion at {args.deeplesion}: {len(series) - n_val} training series, {n_val} validation series"
     else:
         from tqdm import tqdm
 
@@ -88,12 +89,14 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             )
 
         validation = list(datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed))
-        data_text = (
-            f"synthetic cohort (node.synth), cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
-            f"for training, patients 10000..{10_000 + args.val_patients - 1} for validation "
-            f"({sum(len(s.lesions) for s in validation)} lesions); "
-            + "{medium}, every third validation patient at 256x256"  # per model: _medium_text
-        )
+        val_lesions = sum(len(s.lesions) for s in validation)
+
+        def describe(medium_every: int) -> str:
+            return (
+                f"synthetic cohort (node.synth), cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
+                f"for training, patients 10000..{10_000 + args.val_patients - 1} for validation ({val_lesions} lesions); "
+                f"{_medium_text(medium_every)}, every third validation patient at 256x256"
+            )
     version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
     command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])
     scale = max(0.05, args.scale)
@@ -116,7 +119,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
                 track_weight=args.embedder_track_weight,
             )
         path = out / "onnx" / f"{model_name}.onnx"
-        data = data_text.replace("{medium}", _medium_text(medium))
+        data = describe(medium)
         export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data[:200]})
         _write_card(out, result, data_text=data, command=command, version=_versions(out)[model_name], path=path)
         print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()))
