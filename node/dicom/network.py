@@ -56,6 +56,27 @@ def set_nodelay(assoc) -> None:
 DIMSE_TIMEOUT_S = 120  # seconds to wait for the peer's answer to one C-STORE
 
 
+def leave_responses_to_the_sender(assoc) -> None:
+    """Stop pynetdicom's reactor thread from taking the answer to a C-STORE this thread sent.
+
+    pynetdicom 3.0 pauses its reactor around `send_c_store` with an Event the reactor waits on,
+    but a reactor woken by the previous call's `set()` and not yet scheduled passes the next
+    call's `clear()` (Event.wait returns the wake-up, not the flag), runs one loop beside the
+    sender and may take the peer's answer off the queue: it logs "Received unexpected C-STORE
+    service message" and drops it, the sender waits out DIMSE_TIMEOUT_S and aborts. Seen once in
+    CI against Orthanc on a loaded 2-core host. An answer the reactor takes goes back on the queue.
+    """
+    serve = assoc._serve_request
+
+    def serve_requests_only(msg, context_id: int) -> None:
+        if msg.is_valid_response:
+            assoc.dimse.msg_queue.put((context_id, msg))
+        else:
+            serve(msg, context_id)
+
+    assoc._serve_request = serve_requests_only
+
+
 def send_files(
     files: Sequence[Path],
     *,
@@ -98,6 +119,7 @@ def send_files(
             "(`ainode status`) and that host, port and AE title are right"
         )
     set_nodelay(assoc)
+    leave_responses_to_the_sender(assoc)
     try:
         for path, _, _ in headers:
             try:
@@ -108,7 +130,7 @@ def send_files(
             else:
                 code = getattr(status, "Status", None)
                 if code is None:
-                    report.failed.append((str(path), "no response (association aborted?)"))
+                    report.failed.append((str(path), f"no answer within {DIMSE_TIMEOUT_S} s"))
                 elif code in (0x0000, 0xB000, 0xB006, 0xB007):
                     report.sent += 1
                 else:
@@ -116,7 +138,11 @@ def send_files(
             if progress:
                 progress(1)
             if not assoc.is_established:
-                raise SendError(f"association with {called_aet}@{host}:{port} was aborted by the peer")
+                raise SendError(
+                    f"association with {called_aet}@{host}:{port} ended after {report.sent} of {len(headers)} "
+                    f"files ({report.failed[-1][1] if report.failed else 'aborted by the peer'}); check the "
+                    "peer's log, then send again (a resent instance keeps its SOP Instance UID)"
+                )
     finally:
         if assoc.is_established:
             assoc.release()
