@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
     p.add_argument("--embedder-refine-steps", type=int, default=200, help="embedder steps after pseudo-label refinement (default 200)")
+    p.add_argument("--embedder-refine-rounds", type=int, default=1,
+                   help="embedder: rounds of relabelling by the embedding and fine-tuning (default 1)")
     p.add_argument("--embedder-classifier-weight", type=float, default=1.0, help="embedder: weight of the type head's loss (default 1.0)")
     p.add_argument("--embedder-track-weight", type=float, default=1.0,
                    help="embedder: weight of the same-lesion-over-time term where the data has lesion tracks (default 1.0; 0: the seed's losses only)")
@@ -115,7 +117,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             ssbr = _ssbr_from_onnx(out)
             result = train.train_lesion_embedder(
                 itertools.chain(studies(timepoints=max(1, args.embedder_timepoints), medium_every=medium), validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
-                refine_steps=int(args.embedder_refine_steps * scale), classifier_weight=args.embedder_classifier_weight,
+                refine_steps=int(args.embedder_refine_steps * scale), refine_rounds=args.embedder_refine_rounds,
+                classifier_weight=args.embedder_classifier_weight,
                 track_weight=args.embedder_track_weight,
             )
         path = out / "onnx" / f"{model_name}.onnx"

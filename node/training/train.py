@@ -659,6 +659,7 @@ def train_lesion_embedder(
     rng: np.random.Generator,
     steps: int = 300,
     refine_steps: int = 150,
+    refine_rounds: int = 1,
     sequences_per_batch: int = 24,
     classifier_weight: float = 1.0,
     track_weight: float = 1.0,
@@ -674,8 +675,12 @@ def train_lesion_embedder(
     where the studies give lesion tracks (the synthetic cohort does; DeepLesion does not, and
     the term is then left out): the sequence loss pulls lesions of one type together, this
     term keeps one patient's different lesions of that type apart over time. ``crop_jitter``
-    builds each crop from a jittered box (``embedder_data``).
+    builds each crop from a jittered box (``embedder_data``). ``refine_rounds`` times the
+    (pseudo-)labels are re-derived by kNN on the current embedding and the model fine-tuned on
+    them for ``refine_steps`` (the seed's iterative refinement).
     """
+    if refine_rounds < 1:
+        raise ValueError(f"refine_rounds: must be 1 or more, got {refine_rounds}")
     if classifier_weight < 0:
         raise ValueError(f"classifier_weight: must be 0 or more, got {classifier_weight}")
     if track_weight < 0:
@@ -731,12 +736,14 @@ def train_lesion_embedder(
         return last
 
     run(steps, 0.02, pseudo, "embedder")
-    emb, _ = _embed_all(model, data)
-    # Iterative refinement: relabel with the embedding, fine-tune with a lower learning rate.
-    refined = _knn_labels(emb, seed_idx, data.types[seed_idx])
-    refined[seed_idx] = data.types[seed_idx]
-    acc1 = float((refined[test_idx] == data.types[test_idx]).mean())
-    loss = run(refine_steps, 0.002, refined, "embedder refine")
+    refined_acc = []
+    for round_ in range(refine_rounds):
+        # Iterative refinement: relabel with the embedding, fine-tune with a lower learning rate.
+        emb, _ = _embed_all(model, data)
+        refined = _knn_labels(emb, seed_idx, data.types[seed_idx])
+        refined[seed_idx] = data.types[seed_idx]
+        refined_acc.append(float((refined[test_idx] == data.types[test_idx]).mean()))
+        loss = run(refine_steps, 0.002, refined, f"embedder refine {round_ + 1}/{refine_rounds}")
     emb, logits = _embed_all(model, data)
     acc2 = float((_knn_labels(emb, seed_idx, data.types[seed_idx])[test_idx] == data.types[test_idx]).mean())
     head_acc = float((logits[test_idx].argmax(1) == data.types[test_idx]).mean())
@@ -750,7 +757,8 @@ def train_lesion_embedder(
             "validation_set": float(len(val_idx)),
             "test_set": float(len(test_idx)),
             "test_type_acc_pseudo_labels_initial": acc0,
-            "test_type_acc_pseudo_labels_refined": acc1,
+            "test_type_acc_pseudo_labels_refined": refined_acc[0],
+            **{f"test_type_acc_pseudo_labels_round_{i + 1}": a for i, a in enumerate(refined_acc[1:], start=1)},
             "test_type_acc_knn_on_embedding": acc2,
             "test_type_acc_classifier_head": head_acc,
             "classifier_weight": classifier_weight,
@@ -759,6 +767,7 @@ def train_lesion_embedder(
             "same_lesion_pairs": float(triplets.anchor.size if use_tracks else 0),
             "steps": float(steps),
             "refine_steps": float(refine_steps),
+            "refine_rounds": float(refine_rounds),
         },
         seconds=time.perf_counter() - t0,
         samples=n,
