@@ -34,7 +34,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
     from node.cli import CommandError
     from node.eval import cohort as cohort_mod
-    from node.eval.report import LABEL, REFERENCE, apply_targets, format_table
+    from node.eval.report import LABEL, REFERENCE, apply_targets, format_table, target_warnings
     from node.eval.runner import evaluate_cohort
     from node.inference.backend import InferenceError, OnnxBackend, open_backend
 
@@ -79,6 +79,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         backend.close()
     if any("untrained" in str(v).lower() or "placeholder" in str(v).lower() for v in models.values()):
         warnings.append("the models are UNTRAINED placeholders: these figures measure nothing learned")
+    warnings += target_warnings(summary)
     result = {
         "label": LABEL,
         "cohort": {"description": description},

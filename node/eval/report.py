@@ -68,6 +68,21 @@ def apply_targets(summary: dict) -> list[dict[str, object]]:
     return rows
 
 
+def target_warnings(summary: dict) -> list[str]:
+    """Targets this cohort cannot show met, whatever the models: type precision@5 whose ceiling
+    (a perfect embedding's figure, below 1 when a type has fewer than 5 lesions in other
+    patients) is under its goal."""
+    target = next(t for t in TARGETS if t.path == ("retrieval", "precision_at_5"))
+    ceiling = (summary.get("retrieval") or {}).get("ceiling")
+    if ceiling is None or ceiling >= target.goal:
+        return []
+    return [
+        f"type precision@5 cannot reach its target {target.goal:g} on this cohort: a perfect embedding would score "
+        f"{ceiling:.3f} (some types have fewer than 5 lesions in other patients); judge that target on a larger "
+        "cohort, e.g. `ainode eval --patients 30 --timepoints 2`"
+    ]
+
+
 def _fmt(value: object, unit: str = "", digits: int = 3) -> str:
     if value is None:
         return "n/a"

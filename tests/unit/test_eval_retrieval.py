@@ -142,3 +142,15 @@ def test_summary_and_target_use_the_truth_lesions():
         {"summary": summary, "cohort": {"description": "hand-made"}, "models": {}, "targets": report.apply_targets(summary)}
     )
     assert "retrieval, truth lesions" in text and "ceiling 1.000" in text and "retrieval, found lesions" in text
+
+
+def test_a_cohort_too_small_for_the_precision_target_is_named():
+    from node.eval import report
+
+    assert report.target_warnings({"retrieval": {"precision_at_5": 0.75, "ceiling": 0.85}}) == [
+        "type precision@5 cannot reach its target 0.9 on this cohort: a perfect embedding would score 0.850 "
+        "(some types have fewer than 5 lesions in other patients); judge that target on a larger cohort, "
+        "e.g. `ainode eval --patients 30 --timepoints 2`"
+    ]
+    assert report.target_warnings({"retrieval": {"precision_at_5": 0.75, "ceiling": 0.977}}) == []
+    assert report.target_warnings({"retrieval": {"precision_at_5": None, "ceiling": None}}) == []
