@@ -19,7 +19,10 @@ def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
     backend = OnnxBackend(out)
     versions = backend.model_versions()
     assert set(versions) == set(MODEL_NAMES)
-    assert len({v.rsplit("-", 1)[0] for v in versions.values()}) == 1  # date-seed, then a weights digest each
+    # date-seed, then a weights digest each; the body-part regressor's default seed is 1 (SEED)
+    assert {name: v.rsplit("-", 1)[0].split("-")[1] for name, v in versions.items()} == {
+        name: "seed1" if name == "body_part_regressor" else "seed0" for name in MODEL_NAMES
+    }
     for name in MODEL_NAMES:
         card = json.loads((out / "cards" / f"{name}.json").read_text())
         assert card["figures"] and card["version"] == versions[name]
@@ -29,6 +32,11 @@ def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
     assert "every 3-th training patient at 256x256" in json.loads((out / "cards" / "lesion_segmenter.json").read_text())["data"]
     score = backend.infer("body_part_regressor", {"image": np.zeros((2, 1, 64, 64), np.float32)})["score"]
     assert score.shape == (2, 1) and np.isfinite(score).all()
+    # Each model is seeded afresh: trained alone, a model gets the weights `train all` gave it.
+    alone = tmp_path / "alone"
+    assert main(["train", "ssbr", "--patients", "4", "--val-patients", "1", "--scale", "0.05", "--ssbr-steps", "200",
+                 "--threads", "1", "--out", str(alone)]) == 0
+    assert OnnxBackend(alone).model_versions()["body_part_regressor"] == versions["body_part_regressor"]
 
 
 def test_train_rejects_unknown_models(capsys) -> None:
