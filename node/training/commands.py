@@ -28,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--medium-every", type=int, default=None,
                    help="synthetic cohort: every N-th patient at 256x256, 1.5-1.8 mm, 1.25-3 mm slices, the rest at 128x128, 3.3 mm, 5 mm slices "
                         "(default: 1 for the detector, 3 for the other models; 0: none)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="torch / numpy seed, set afresh for each model (default: 1 for the body-part regressor, 0 for the others)")
+    p.add_argument("--seed", type=int, default=0, help="torch / numpy seed, set afresh for each model (default 0)")
     p.add_argument("--deeplesion", type=Path, default=None, help="train on a DeepLesion download (DL_info.csv + Images_png/) instead")
     p.add_argument("--max-series", type=int, default=None, help="DeepLesion: at most this many series")
     p.add_argument("--out", type=Path, default=None, help="model repository to write (default: settings.model_repository)")
@@ -104,9 +103,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
     for model_name in wanted:
         medium = _medium_every(args, model_name)
-        seed = _seed(args, model_name)
-        rng = train.seed_everything(seed)  # per model: `train all` gives what each model's own command gives
-        version = f"{dt.date.today():%Y%m%d}-seed{seed}"
+        rng = train.seed_everything(args.seed)  # per model: `train all` gives what each model's own command gives
+        version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
         if model_name == "body_part_regressor":
             result = train.train_body_part_regressor(studies(medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale))
         elif model_name == "lesion_detector":
@@ -138,16 +136,6 @@ DEFAULT_MEDIUM_EVERY = 3
 # slices) lung vessels and small nodules blur alike, and unseen 192x192 patients drew twice the
 # false positives (triton_models/cards/lesion_detector.md).
 MEDIUM_EVERY = {"lesion_detector": 1}
-
-
-#: Seeds other than DEFAULT_SEED: of the body-part regressors trained on the corrected cohort
-#: (triton_models/cards/body_part_regressor.md) seed 0's was the worst on unseen patients.
-DEFAULT_SEED = 0
-SEED = {"body_part_regressor": 1}
-
-
-def _seed(args: argparse.Namespace, model_name: str) -> int:
-    return args.seed if args.seed is not None else SEED.get(model_name, DEFAULT_SEED)
 
 
 def _medium_every(args: argparse.Namespace, model_name: str) -> int:
