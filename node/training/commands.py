@@ -100,11 +100,11 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             )
     command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])
     scale = max(0.05, args.scale)
+    version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
 
     for model_name in wanted:
         medium = _medium_every(args, model_name)
         rng = train.seed_everything(args.seed)  # per model: `train all` gives what each model's own command gives
-        version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
         if model_name == "body_part_regressor":
             result = train.train_body_part_regressor(studies(medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale))
         elif model_name == "lesion_detector":

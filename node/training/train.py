@@ -758,7 +758,7 @@ def train_lesion_embedder(
             "test_set": float(len(test_idx)),
             "test_type_acc_pseudo_labels_initial": acc0,
             "test_type_acc_pseudo_labels_refined": refined_acc[0],
-            **{f"test_type_acc_pseudo_labels_round_{i + 1}": a for i, a in enumerate(refined_acc[1:], start=1)},
+            **{f"test_type_acc_pseudo_labels_round_{r}": a for r, a in enumerate(refined_acc[1:], start=2)},
             "test_type_acc_knn_on_embedding": acc2,
             "test_type_acc_classifier_head": head_acc,
             "classifier_weight": classifier_weight,
