@@ -14,7 +14,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import association, dimse
 
 from node.dicom import network
-from node.stack.process import free_port, port_in_use
+from node.stack.process import free_port, port_in_use, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +25,7 @@ def storescp(tmp_path):
     port = free_port()
     proc = subprocess.Popen(["storescp", "--ignore", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not port_in_use(port) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until("storescp", lambda: port_in_use(port), timeout=10, proc=proc, interval=0.1)
     yield port
     proc.kill()
     proc.wait()
