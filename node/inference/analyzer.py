@@ -407,16 +407,37 @@ WALK_REACH = 1.0
 # segmenter was trained on lesions filling 40-60% of the crop's side and finds nothing in a crop
 # the lesion overfills, so a lesion that widens from one slice to the next must still fit.
 WALK_MARGIN = 1.4
+# A lesion's sections swell to its widest slice and shrink past it. Once a walk has passed its
+# widest slice, a mask more than WALK_REGROW times the smallest since then has run into a
+# neighbouring structure (a vessel or bowel loop beside a lymph node): the walk stops before it.
+# (Growth alone cannot be judged: the detector's slice is often near a lesion's end, and the walk
+# must then follow the lesion as it widens.)
+WALK_REGROW = 1.3
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Frontier:
-    """One lesion's walk in one direction: the last slice segmented and its mask."""
+    """One lesion's walk in one direction: the last slice segmented and its mask, the largest
+    mask area (pixels) of the walk so far and the smallest since then."""
 
     lesion: int
     slice_: int
     mask: SliceMask
     step: int
+    peak: int
+    low: int
+
+    def admits(self, mask: SliceMask) -> bool:
+        """Whether ``mask`` on the next slice still follows this lesion (see WALK_REGROW)."""
+        return not (self.low < self.peak and int(mask.pixels.sum()) > WALK_REGROW * self.low)
+
+    def next(self, mask: SliceMask) -> _Frontier:
+        area = int(mask.pixels.sum())
+        peak = max(self.peak, area)
+        return _Frontier(
+            lesion=self.lesion, slice_=self.slice_ + self.step, mask=mask, step=self.step,
+            peak=peak, low=area if area >= self.peak else min(self.low, area),
+        )
 
 
 def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> list[dict]:
@@ -440,7 +461,10 @@ def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> li
         if mask is not None:
             slices[i][fit.key_slice] = mask
             reach_mm[i] = mask.extent_mm(volume.spacing)
-            frontier += [_Frontier(lesion=i, slice_=fit.key_slice, mask=mask, step=d) for d in (1, -1)]
+            area = int(mask.pixels.sum())
+            frontier += [
+                _Frontier(lesion=i, slice_=fit.key_slice, mask=mask, step=d, peak=area, low=area) for d in (1, -1)
+            ]
     while frontier:
         frontier = [
             f for f in frontier
@@ -451,11 +475,11 @@ def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> li
         requests = [(f.slice_ + f.step, f.mask.centre, WALK_MARGIN * f.mask.extent_mm(volume.spacing)) for f in frontier]
         still = []
         for f, mask in zip(frontier, _segment_slices(backend, volume, requests, [f.mask for f in frontier]), strict=True):
-            if mask is None:
+            if mask is None or not f.admits(mask):
                 continue
             slices[f.lesion][f.slice_ + f.step] = mask
             reach_mm[f.lesion] = max(reach_mm[f.lesion], mask.extent_mm(volume.spacing))
-            still.append(_Frontier(lesion=f.lesion, slice_=f.slice_ + f.step, mask=mask, step=f.step))
+            still.append(f.next(mask))
         frontier = still
     # The widest slice, where RECIST is measured, once more with a crop sized to its own mask
     # (the geometry the segmenter was trained on) rather than to its neighbour's.

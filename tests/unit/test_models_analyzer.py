@@ -171,3 +171,39 @@ def test_a_lesion_found_near_its_end_is_measured_at_its_widest_slice(backend) ->
     truth = label[lesion.key_slice]
     dice = 2 * (key & truth).sum() / (key.sum() + truth.sum())
     assert dice >= 0.7, f"widest-slice Dice {dice:.2f}"
+
+
+class _ThresholdSegmenter:
+    """A segmenter that marks every pixel of the crop's middle slice denser than 0 HU: it follows
+    whatever touches a lesion, as a real one may into a vessel or bowel loop of the same density."""
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from node.inference import preprocess as pp
+
+        assert model == "lesion_segmenter"
+        return {"mask": (inputs["image"][:, 1:2] > pp.window(np.array(0.0))).astype(np.float32)}
+
+
+def test_a_slice_walk_stops_where_the_mask_runs_into_a_neighbouring_structure() -> None:
+    # A 16 mm node whose lower pole touches a cone of the same density that widens downwards (a
+    # vessel's branching, a bowel loop): past the node's widest slice the mask shrinks, then swells
+    # into the cone. The walk stops there, so the key slice and RECIST stay on the node.
+    from node.imaging.volume import Volume
+    from node.inference.analyzer import Fit, walk_masks
+
+    n, size = 60, 128
+    z, r, c = np.meshgrid(np.arange(n) * 2.0, np.arange(size) * 1.0, np.arange(size) * 1.0, indexing="ij")
+    node_ = (z - 60.0) ** 2 + (r - 64.0) ** 2 + (c - 50.0) ** 2 <= 8.0**2  # slices 26..34, widest 30
+    cone = (z <= 54.0) & ((r - 64.0) ** 2 + (c - 50.0) ** 2 <= (1.0 + 0.9 * (54.0 - z)) ** 2)
+    pixels = np.where(node_ | cone, 40.0, -100.0).astype(np.float32)
+    volume = Volume(
+        pixels=pixels, affine=np.diag([1.0, 1.0, 2.0, 1.0]), spacing=(2.0, 1.0, 1.0),
+        study_instance_uid="1.2", series_instance_uid="1.2.3", frame_of_reference_uid="1.2.4",
+        sop_instance_uids=tuple(f"1.2.3.{i}" for i in range(n)), sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+    )
+    for start in (30, 33):  # at the node's widest slice, and near its upper end
+        walked = walk_masks(_ThresholdSegmenter(), volume, [Fit(key_slice=start, center_rc=(64.0, 50.0), size_mm=12.0, box=None)])[0]
+        first, last = walked["offset"][0], walked["offset"][0] + walked["mask"].shape[0] - 1
+        assert first >= 25, f"from slice {start} the walk followed the cone down to slice {first}"
+        assert last >= 33 and first <= 27, f"from slice {start} the node's slices {first}..{last} were cut"
+        assert walked["key_slice"] == 30
