@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -173,10 +173,67 @@ def _appearance(
     return "mass", float(rng.uniform(30, 55)), None
 
 
+#: The synthetic cohort's version. 1: each lesion placed once, wherever it fell (lesions could
+#: overlap, and a lung lesion could lie in the heart, whose ellipsoid the lung's overlaps).
+#: 2: a lesion is redrawn until it keeps GAP_MM from the others and, in the lung, out of
+#: LUNG_EXCLUDES. Patients without a clash are the same in both. Models trained on version 1
+#: are reproduced with ``ainode train --cohort-version 1``; evaluation cohorts use version 2.
+COHORT_VERSION = 2
+PLACE_TRIES = 50  # places drawn for one lesion before it is left out
+GAP_MM = 3.0  # least distance between two lesions' outlines at one timepoint (as spheres)
+#: Solids a lung lesion must stay out of: the lung's ellipsoid overlaps them.
+LUNG_EXCLUDES = ("heart", "mediastinum", "aorta")
+
+
+def _reach(track: LesionTrack, timepoints: int) -> np.ndarray:
+    """Half the lesion's diameter at each timepoint, lobes included (mm): 0 where it is absent."""
+    return np.array([0.5 * track.diameter_at(t) * (1.0 + track.lobe_amp) for t in range(timepoints)])
+
+
+def _inside(solid, point: tuple[float, float, float], margin: float) -> bool:
+    """Whether ``point`` lies within ``solid`` grown by ``margin`` mm in the axial plane."""
+    x, y, z = point
+    z0, z1 = solid.z_range
+    if not z0 - margin <= z <= z1 + margin:
+        return False
+    cx, cy, a, b = (float(v) for v in solid.section(float(np.clip(z, z0, z1))))
+    if a <= 0 or b <= 0:
+        return False
+    ca, sa = np.cos(solid.angle), np.sin(solid.angle)
+    u = (x - cx) * ca + (y - cy) * sa
+    v = -(x - cx) * sa + (y - cy) * ca
+    return (u / (a + margin)) ** 2 + (v / (b + margin)) ** 2 <= 1.0
+
+
+def _clashes(track: LesionTrack, anatomy: Anatomy, placed: list[LesionTrack], timepoints: int) -> bool:
+    """A lung lesion reaching into the heart, mediastinum or aorta at its largest, or a lesion
+    within GAP_MM of another one at a timepoint where both are present."""
+    reach = _reach(track, timepoints)
+    if track.lesion_type is LesionType.LUNG and any(
+        _inside(anatomy.named[name], track.center, float(reach.max())) for name in LUNG_EXCLUDES
+    ):
+        return True
+    c = np.asarray(track.center)
+    for other in placed:
+        both = (reach > 0) & (_reach(other, timepoints) > 0)
+        gap = np.linalg.norm(c - np.asarray(other.center)) - reach - _reach(other, timepoints)
+        if np.any(both & (gap < GAP_MM)):
+            return True
+    return False
+
+
 def draw_tracks(
-    anatomy: Anatomy, rng: np.random.Generator, *, timepoints: int = 8, liver_hu: float = 105.0
+    anatomy: Anatomy,
+    rng: np.random.Generator,
+    *,
+    timepoints: int = 8,
+    liver_hu: float = 105.0,
+    version: int = COHORT_VERSION,
 ) -> list[LesionTrack]:
-    """Draw a patient's lesions at baseline and those that appear at later timepoints."""
+    """Draw a patient's lesions at baseline and those that appear at later timepoints
+    (``version``: see COHORT_VERSION)."""
+    if version not in (1, 2):
+        raise ValueError(f"cohort version must be 1 or 2, got {version}")
     kinds = list(TYPE_WEIGHTS)
     p = np.array([TYPE_WEIGHTS[k] for k in kinds])
     p /= p.sum()
@@ -184,7 +241,7 @@ def draw_tracks(
     for t in range(1, timepoints):
         births += [t] * int(rng.random() < 0.3)
     tracks = []
-    for i, birth in enumerate(births):
+    for birth in births:
         kind = kinds[int(rng.choice(len(kinds), p=p))]
         lo, hi = _SIZE[kind]
         d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
@@ -201,25 +258,34 @@ def draw_tracks(
         }[pattern]
         gone = birth + int(rng.integers(1, 3)) if pattern == "disappear" else None
         big = d > 20
-        tracks.append(
-            LesionTrack(
-                track=i + 1,
-                lesion_type=kind,
-                site=site,
-                appearance=appearance,
-                center=center,
-                semi_ratio=(1.0, float(rng.uniform(0.65, 1.0)), float(rng.uniform(0.7, 1.0))),
-                angle=float(rng.uniform(0, np.pi)),
-                lobes=int(rng.integers(3, 6)) if big else 0,
-                lobe_amp=float(rng.uniform(0.04, 0.12)) if big else 0.0,
-                lobe_phase=float(rng.uniform(0, 2 * np.pi)),
-                hu=hu,
-                core_hu=core,
-                diameter_mm=d,
-                birth=birth,
-                pattern=pattern,
-                rate=float(rate),
-                gone_at=gone,
-            )
+        track = LesionTrack(
+            track=len(tracks) + 1,
+            lesion_type=kind,
+            site=site,
+            appearance=appearance,
+            center=center,
+            semi_ratio=(1.0, float(rng.uniform(0.65, 1.0)), float(rng.uniform(0.7, 1.0))),
+            angle=float(rng.uniform(0, np.pi)),
+            lobes=int(rng.integers(3, 6)) if big else 0,
+            lobe_amp=float(rng.uniform(0.04, 0.12)) if big else 0.0,
+            lobe_phase=float(rng.uniform(0, 2 * np.pi)),
+            hu=hu,
+            core_hu=core,
+            diameter_mm=d,
+            birth=birth,
+            pattern=pattern,
+            rate=float(rate),
+            gone_at=gone,
         )
+        if version == 1:
+            tracks.append(track)
+            continue
+        # A lesion must sit in its organ's tissue and apart from the others at every timepoint:
+        # redraw its place (only then does the patient's random stream change), else leave it out.
+        for _ in range(PLACE_TRIES):
+            if not _clashes(track, anatomy, tracks, timepoints):
+                tracks.append(track)
+                break
+            center, site = _site_point(kind, anatomy, rng, d)
+            track = replace(track, center=center, site=site)
     return tracks

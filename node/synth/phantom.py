@@ -16,7 +16,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from node.synth.anatomy import Anatomy, Solid, build_anatomy, region_ranges
-from node.synth.lesions import LesionTrack, draw_tracks
+from node.synth.lesions import COHORT_VERSION, LesionTrack, draw_tracks
 from node.synth.truth import ORGAN_LABELS, LesionTruth, SynthStudy
 
 logger = logging.getLogger(__name__)
@@ -264,6 +264,7 @@ def synthesize_study(
     small: bool = False,
     noise: bool = True,
     max_timepoints: int = 8,
+    cohort_version: int = COHORT_VERSION,
 ) -> SynthStudy:
     """Synthesize one CT study of patient ``patient_seed`` at ``timepoint`` (0 = baseline).
 
@@ -281,6 +282,9 @@ def synthesize_study(
         with ``scan=None``, draw a small fast scan (about 128x128, 4-5 mm) instead of a clinical one.
     noise:
         add CT noise (turn off for exact-value tests).
+    cohort_version:
+        how lesions are placed (``node.synth.lesions.COHORT_VERSION``); 1 reproduces the cohort
+        the committed models were trained on.
     """
     if patient_seed < 0:
         raise ValueError(f"patient_seed must be 0 or more, got {patient_seed}")
@@ -289,7 +293,7 @@ def synthesize_study(
     prng = np.random.default_rng([cohort_seed, patient_seed, 0])
     anatomy = build_anatomy(prng)
     tracks = draw_tracks(
-        anatomy, prng, timepoints=max_timepoints, liver_hu=anatomy.named["liver"].hu
+        anatomy, prng, timepoints=max_timepoints, liver_hu=anatomy.named["liver"].hu, version=cohort_version
     )
     birth_offset = int(prng.integers(0, 3650))
     age_years = int(prng.integers(35, 85))

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=160, help="synthetic training patients (default 160)")
     p.add_argument("--val-patients", type=int, default=12, help="synthetic validation patients (default 12)")
     p.add_argument("--cohort-seed", type=int, default=0)
+    p.add_argument("--cohort-version", type=int, choices=(1, 2), default=None,
+                   help="synthetic cohort version (node.synth.lesions.COHORT_VERSION, default the newest: 2, lesions kept apart "
+                        "and lung lesions out of the heart; 1 reproduces models trained before that)")
     p.add_argument("--medium-every", type=int, default=None,
                    help="synthetic cohort: every N-th patient at 256x256, 1.5-1.8 mm, 1.25-3 mm slices, the rest at 128x128, 3.3 mm, 5 mm slices "
                         "(default: 1 for the detector, 3 for the other models; 0: none)")
@@ -82,19 +85,28 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     else:
         from tqdm import tqdm
 
+        from node.synth.lesions import COHORT_VERSION
+
+        cohort_version = COHORT_VERSION if args.cohort_version is None else args.cohort_version
+
         def studies(timepoints: int = 1, medium_every: int = DEFAULT_MEDIUM_EVERY):
             # A fresh pass each time: every trainer reads the cohort once, so memory stays flat.
             return tqdm(
-                datasets.synthetic_studies(range(args.patients), cohort_seed=args.cohort_seed, medium_every=medium_every, timepoints=timepoints),
+                datasets.synthetic_studies(
+                    range(args.patients), cohort_seed=args.cohort_seed, medium_every=medium_every, timepoints=timepoints,
+                    cohort_version=cohort_version,
+                ),
                 total=args.patients * timepoints, desc="synthetic cohort", leave=False,
             )
 
-        validation = list(datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed))
+        validation = list(
+            datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed, cohort_version=cohort_version)
+        )
         val_lesions = sum(len(s.lesions) for s in validation)
 
         def describe(medium_every: int) -> str:
             return (
-                f"synthetic cohort (node.synth), cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
+                f"synthetic cohort (node.synth) version {cohort_version}, cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
                 f"for training, patients 10000..{10_000 + args.val_patients - 1} for validation ({val_lesions} lesions); "
                 f"{_medium_text(medium_every)}, every third validation patient at 256x256"
             )

@@ -81,3 +81,55 @@ def test_written_series_is_a_valid_ct_image(tmp_path: Path):
     assert np.array_equal(hu.astype(np.int16), study.hu[0])
     assert ds.ImagePositionPatient[2] == pytest.approx(study.slice_z()[0], abs=1e-3)
     assert dciodvfy_errors(paths[0]) == []
+
+
+def test_lesions_keep_apart_and_lung_lesions_stay_in_the_lung():
+    """Over 40 patients' eight timepoints: no two lesions within 3 mm of each other (as spheres
+    with lobes) while both are present, no lung lesion reaching into the heart, mediastinum or
+    aorta; and the patient's stream still gives several lesions each."""
+    from node.synth.anatomy import build_anatomy
+    from node.synth.lesions import GAP_MM, LUNG_EXCLUDES, _inside, _reach, draw_tracks
+
+    counts = []
+    for patient in range(40):
+        prng = np.random.default_rng([0, patient, 0])
+        anatomy = build_anatomy(prng)
+        tracks = draw_tracks(anatomy, prng, timepoints=8, liver_hu=anatomy.named["liver"].hu)
+        counts.append(len(tracks))
+        assert [t.track for t in tracks] == list(range(1, len(tracks) + 1))
+        for i, a in enumerate(tracks):
+            ra = _reach(a, 8)
+            if a.lesion_type is LesionType.LUNG:
+                assert not any(_inside(anatomy.named[s], a.center, float(ra.max())) for s in LUNG_EXCLUDES)
+            for b in tracks[i + 1 :]:
+                rb = _reach(b, 8)
+                gap = np.linalg.norm(np.subtract(a.center, b.center)) - ra - rb
+                assert np.all(gap[(ra > 0) & (rb > 0)] >= GAP_MM), (patient, a.track, b.track)
+    assert min(counts) >= 2 and np.mean(counts) > 4
+
+
+def test_cohort_version_1_is_kept_for_the_models_trained_on_it():
+    """Version 1 (``ainode train --cohort-version 1``) places lesions as before the fix: a patient
+    whose lesions clash differs between the versions, one whose lesions don't is the same."""
+    from node.synth.anatomy import build_anatomy
+    from node.synth.lesions import _clashes, draw_tracks
+
+    same = differ = 0
+    for patient in range(12):
+        v1, v2 = (synthesize_study(patient, 0, small=True, cohort_version=v) for v in (1, 2))
+        prng = np.random.default_rng([0, patient, 0])
+        anatomy = build_anatomy(prng)
+        tracks = draw_tracks(anatomy, prng, timepoints=8, liver_hu=anatomy.named["liver"].hu, version=1)
+        clash = any(_clashes(t, anatomy, tracks[:i], 8) for i, t in enumerate(tracks))
+        if clash:
+            differ += 1
+            prng = np.random.default_rng([0, patient, 0])
+            anatomy = build_anatomy(prng)
+            redrawn = draw_tracks(anatomy, prng, timepoints=8, liver_hu=anatomy.named["liver"].hu, version=2)
+            assert [t.center for t in redrawn] != [t.center for t in tracks]
+        else:
+            same += 1
+            assert np.array_equal(v1.hu, v2.hu) and [les.box for les in v1.lesions] == [les.box for les in v2.lesions]
+    assert same and differ
+    with pytest.raises(ValueError, match="cohort version"):
+        synthesize_study(0, 0, small=True, cohort_version=3)
