@@ -14,13 +14,15 @@ DEMO_SCAN = dict(rows=512, columns=512, pixel_spacing=0.78, slice_thickness=5.0,
 
 
 def write_demo_studies(out_dir: Path, patient: int) -> list[tuple[str, Path]]:
-    """A baseline and a follow-up of one synthetic patient, as DICOM folders (written once)."""
+    """A baseline and a follow-up of one synthetic patient, as DICOM folders (written once per
+    synthetic cohort version: a newer generator writes them afresh)."""
+    from node.synth.lesions import COHORT_VERSION
     from node.synth.phantom import ScanParams, synthesize_study
     from node.synth.writer import write_ct_series
 
     studies = []
     for timepoint in (0, 1):
-        folder = out_dir / f"patient{patient:03d}" / f"t{timepoint}"
+        folder = out_dir / f"cohort-v{COHORT_VERSION}" / f"patient{patient:03d}" / f"t{timepoint}"
         marker = folder / ".complete"
         if not marker.exists():
             study = synthesize_study(patient, timepoint, scan=ScanParams(**DEMO_SCAN), cohort_seed=2026)
@@ -31,17 +33,22 @@ def write_demo_studies(out_dir: Path, patient: int) -> list[tuple[str, Path]]:
     return studies
 
 
-def follow_job(jobs, study_uid: str, timeout: float) -> object:
-    """Print each event of the study's job (queued, running, done ...) until it ends; return the job."""
+def follow_job(jobs, study_uid: str, timeout: float, *, before: object | None = None) -> object:
+    """Print each event of the study's job (queued, running, done ...) until it ends; return the job.
+
+    ``before`` is the study's job as it was before this send (a study sent again): its earlier
+    events are not printed, and the job is followed once it is queued again, not taken as done.
+    """
     deadline = time.monotonic() + timeout
     start = time.monotonic()
-    printed = 0
+    printed = len(jobs.events(before.id)) if before is not None else 0
     waiting_said = False
     while time.monotonic() < deadline:
         job = jobs.get_by_study(study_uid)
-        if job is None:
+        if job is None or (before is not None and job.generation == before.generation):
             if not waiting_said:
-                print("  waiting for Orthanc to call the study stable ...", flush=True)
+                again = " again (it was sent before)" if before is not None else ""
+                print(f"  waiting for Orthanc to call the study stable{again} ...", flush=True)
                 waiting_said = True
         else:
             events = jobs.events(job.id)
@@ -80,10 +87,11 @@ def run_demo(settings: Settings, *, workers: int | None, patient: int, timeout: 
     try:
         for label, (uid, folder) in zip(("baseline", "follow-up"), studies, strict=True):
             files = collect_files([folder])
+            before = jobs.get_by_study(uid)
             print(f"\nSending the {label} ({len(files)} CT slices) to {state.orthanc_aet}@127.0.0.1:{state.orthanc_dicom_port}")
             report = send_files(files, host="127.0.0.1", port=state.orthanc_dicom_port, called_aet=state.orthanc_aet)
             print(f"  sent {report.sent} in {report.seconds:.1f} s ({report.rate:.0f}/s)")
-            job = follow_job(jobs, uid, timeout)
+            job = follow_job(jobs, uid, timeout, before=before)
             _print_result(state, job, uid)
             if str(job.state) != "done":
                 return 1
