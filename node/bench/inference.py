@@ -3,7 +3,9 @@
 The baseline is the node's Analyzer on ``OnnxBackend`` (ONNX Runtime in this process); the
 contender is the same Analyzer on ``TritonBackend`` (the embedded CPU Triton, python backend
 running ONNX Runtime, volumes through system shared memory), measured in the same run, each the
-best of ``--repeats``. Also printed: Triton with tensors inside the gRPC messages.
+best of ``--repeats``. The repeats take turns (baseline, contender, baseline, ...), so that a
+neighbour's load on a shared machine falls on both alike. Also printed: Triton with tensors
+inside the gRPC messages.
 """
 
 from __future__ import annotations
@@ -25,21 +27,16 @@ INFERENCE_STAGES = ("body_part", "detect", "segment", "embed")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=300, help="slices of the 512x512 study (default 300)")
     parser.add_argument("--patient", type=int, default=5, help="synthetic patient seed")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per backend; the best counts (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per backend, taking turns; the best counts (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads, both backends (default 2)")
     parser.add_argument("--triton-url", default=None, help="use this Triton instead of starting the embedded one")
     parser.add_argument("--no-grpc-payload", action="store_true", help="skip the run without shared memory")
 
 
-def _best(analyzer, volume, repeats: int):
-    best = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = analyzer.analyze(volume)
-        wall = time.perf_counter() - t0
-        if best is None or wall < best[0]:
-            best = (wall, result)
-    return best
+def _timed(analyzer, volume):
+    t0 = time.perf_counter()
+    result = analyzer.analyze(volume)
+    return time.perf_counter() - t0, result
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -86,11 +83,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             payload = TritonBackend(url, use_shared_memory=False)
             runs.append(("triton + gRPC payload", payload))
         small = synthesize_study(args.patient, 0, small=True).to_volume()
-        results = {}
-        for label, backend in runs:
+        for _, backend in runs:
             Analyzer(backend).analyze(small)  # warm-up: sessions, shared-memory regions
-            wall, analysis = _best(Analyzer(backend), volume, max(1, args.repeats))
-            results[label] = (wall, analysis)
+        results: dict[str, tuple[float, object]] = {}
+        walls: dict[str, list[float]] = {label: [] for label, _ in runs}
+        for _ in range(max(1, args.repeats)):
+            for label, backend in runs:
+                wall, analysis = _timed(Analyzer(backend), volume)
+                walls[label].append(wall)
+                if label not in results or wall < results[label][0]:
+                    results[label] = (wall, analysis)
         for backend in (shm, payload):
             if backend is not None:
                 backend.close()
@@ -102,13 +104,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     base_wall, base = results["onnxruntime in-process"]
     base_inf = sum(base.timings.get(s, 0.0) for s in INFERENCE_STAGES)
-    print(f"{'backend':26s} {'study s':>8s} {'models s':>9s} {'ratio':>6s} {'models ratio':>13s} lesions  stages (s)")
+    print(f"{'backend':26s} {'study s':>8s} {'models s':>9s} {'ratio':>6s} {'models ratio':>13s} lesions  stages (s), every run's study s")
     for label, (wall, analysis) in results.items():
         inf = sum(analysis.timings.get(s, 0.0) for s in INFERENCE_STAGES)
         stages = " ".join(f"{k}={v:.2f}" for k, v in analysis.timings.items() if k != "total")
         print(
             f"{label:26s} {wall:8.2f} {inf:9.2f} {wall / base_wall:6.2f} {inf / max(base_inf, 1e-9):13.2f} "
-            f"{len(analysis.lesions):7d}  {stages}"
+            f"{len(analysis.lesions):7d}  {stages}; runs {' '.join(f'{w:.2f}' for w in walls[label])}"
         )
     triton_wall = results["triton + shared memory"][0]
     ok_ratio = triton_wall / base_wall <= 1.15
