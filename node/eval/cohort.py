@@ -87,12 +87,17 @@ def synthetic_cohort(
     seed: int = HELD_OUT_COHORT_SEED,
     first_patient: int = 1,
     num_slices: int | None = None,
+    cohort_version: int | None = None,
 ) -> Iterator[EvalStudy]:
     """Synthesize ``patients`` x ``timepoints`` held-out studies, one at a time.
 
-    ``num_slices`` fixes the number of slices (centred on each study's coverage) for a quick run.
+    ``num_slices`` fixes the number of slices (centred on each study's coverage) for a quick run;
+    ``cohort_version`` the synthetic cohort's version (default the newest).
     """
+    from node.synth.lesions import COHORT_VERSION
     from node.synth.phantom import synthesize_study
+
+    version = COHORT_VERSION if cohort_version is None else cohort_version
 
     if patients < 1:
         raise ValueError(f"patients: must be at least 1, got {patients}")
@@ -101,7 +106,7 @@ def synthetic_cohort(
     for p in range(first_patient, first_patient + patients):
         for t in range(timepoints):
             scan = held_out_scan(np.random.default_rng([seed, p, t, 4242]), num_slices=num_slices)
-            study = synthesize_study(p, t, scan=scan, cohort_seed=seed)
+            study = synthesize_study(p, t, scan=scan, cohort_seed=seed, cohort_version=version)
             yield EvalStudy(
                 patient=study.patient_id,
                 timepoint=t,

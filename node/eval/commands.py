@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="in-memory cohort seed (default 9001, held out from training)")
     p.add_argument("--first-patient", type=int, default=1,
                    help="in-memory cohort: number of the first patient (default 1); with --seed 0, 10000 and up are the training code's validation patients, never trained on")
+    p.add_argument("--cohort-version", type=int, choices=(1, 2), default=None,
+                   help="in-memory cohort: the synthetic cohort's version (default the newest, 2; 1 lets lesions overlap and lung lesions fall in the heart)")
     p.add_argument("--slices", type=int, default=None, help="in-memory cohort: slices per study, centred on its coverage (quick look; default: whole coverage)")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     p.add_argument("--backend", choices=("onnx", "triton"), default="onnx", help="onnx: in-process ONNX Runtime (default); triton: the running Triton")
@@ -37,6 +39,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     from node.eval.report import LABEL, REFERENCE, apply_targets, format_table, target_warnings
     from node.eval.runner import evaluate_cohort
     from node.inference.backend import InferenceError, OnnxBackend, open_backend
+    from node.synth.lesions import COHORT_VERSION
 
     warnings = []
     if args.cohort is not None:
@@ -54,11 +57,12 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         elif seed == 0:
             warnings.append("cohort seed 0, patients from 10000: the training code's validation patients (for tuning), not the held-out cohort")
         studies = cohort_mod.synthetic_cohort(
-            patients=args.patients, timepoints=args.timepoints, seed=seed, num_slices=args.slices, first_patient=args.first_patient
+            patients=args.patients, timepoints=args.timepoints, seed=seed, num_slices=args.slices, first_patient=args.first_patient,
+            cohort_version=args.cohort_version,
         )
         total = args.patients * args.timepoints
         description = (
-            f"in-memory synthetic cohort, seed {seed}, patients {args.first_patient}..{args.first_patient + args.patients - 1} x {args.timepoints} timepoints, "
+            f"in-memory synthetic cohort (version {args.cohort_version or COHORT_VERSION}), seed {seed}, patients {args.first_patient}..{args.first_patient + args.patients - 1} x {args.timepoints} timepoints, "
             "192x192 at 1.9-2.3 mm, 2-4 mm slices (held out: other seed and scan parameters than training)"
             + (f", {args.slices} slices per study" if args.slices else "")
         )

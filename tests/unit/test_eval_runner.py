@@ -201,3 +201,18 @@ def test_onnx_backend_run_on_one_tiny_study(tmp_path):
     backend = OnnxBackend(Settings().model_repository)
     score = runner.evaluate_study(study, runner.DetectorCache(backend))
     assert score.analysed and score.spearman is not None
+
+
+def test_in_memory_cohort_follows_the_cohort_version():
+    # Version 1 stays available so that earlier figures can be measured again; a patient whose
+    # lesions clash in version 1 gets other lesions in version 2, the default.
+    from node.synth.lesions import COHORT_VERSION
+
+    def lesions(version):
+        return [
+            [(les.lesion_id, les.box) for les in s.lesions]
+            for s in cohort_mod.synthetic_cohort(patients=8, timepoints=1, num_slices=8, cohort_version=version)
+        ]
+
+    assert lesions(None) == lesions(COHORT_VERSION) == lesions(2)
+    assert lesions(1) != lesions(2)
