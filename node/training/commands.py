@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detector-per-lesion", type=int, default=5, help="detector windows per lesion (default 5)")
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
+    p.add_argument("--segmenter-large-lesions", type=int, default=1,
+                   help="segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default 1)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
@@ -124,7 +126,9 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
                 per_lesion=args.detector_per_lesion, negatives=args.detector_negatives,
             )
         elif model_name == "lesion_segmenter":
-            result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation)
+            result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation,
+                large_lesions=args.segmenter_large_lesions,
+            )
         else:
             ssbr = _ssbr_from_onnx(out)
             result = train.train_lesion_embedder(

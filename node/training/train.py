@@ -388,10 +388,14 @@ def _crop_mask(mask: np.ndarray, spacing: tuple[float, float, float], centre: tu
     return ndimage.map_coordinates(mask.astype(np.float32), grid, order=1, mode="constant") >= 0.5
 
 
+LARGE_LESION_MM = 30.0
+
+
 def segmenter_samples(
-    studies: Sequence[TrainStudy], *, rng: np.random.Generator, per_lesion: int = 6
+    studies: Sequence[TrainStudy], *, rng: np.random.Generator, per_lesion: int = 6, large_lesions: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Lesion-centred 3-slice crops (key slice and neighbours, some beyond the lesion) with masks."""
+    """Lesion-centred 3-slice crops (key slice and neighbours, some beyond the lesion) with masks;
+    ``large_lesions`` times as many for a lesion of LARGE_LESION_MM or more (few in the cohort)."""
     out = []
     for study in studies:
         for lesion in study.lesions:
@@ -401,7 +405,7 @@ def segmenter_samples(
             rr, cc = np.nonzero(key_mask)
             size_mm = SliceMask.of(key_mask).extent_mm(study.spacing)
             reach = 0 if study.labels is None else int(np.ceil(0.75 * size_mm / study.spacing[0])) + 1
-            for i in range(per_lesion):
+            for i in range(per_lesion * (max(1, large_lesions) if size_mm >= LARGE_LESION_MM else 1)):
                 s = lesion.key_slice if i == 0 or reach == 0 else int(np.clip(lesion.key_slice + rng.integers(-reach, reach + 1), 0, study.pixels.shape[0] - 1))
                 mask = lesion_mask_2d(study, lesion, s)
                 if mask.any():
@@ -425,9 +429,10 @@ def train_lesion_segmenter(
     batch_size: int = 32,
     progress: bool = True,
     validation: Sequence[TrainStudy] = (),
+    large_lesions: int = 1,
 ) -> TrainResult:
     t0 = time.perf_counter()
-    samples = segmenter_samples(studies, rng=rng)
+    samples = segmenter_samples(studies, rng=rng, large_lesions=large_lesions)
     model = build("lesion_segmenter")
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     total = epochs * ((len(samples) + batch_size - 1) // batch_size)

@@ -126,3 +126,20 @@ def test_unknown_model_name() -> None:
         build("lesion_classifier")
     with pytest.raises(ValueError, match="variant"):
         export.triton_config(SPECS["lesion_segmenter"], variant="tpu")
+
+
+def test_segmenter_samples_can_weigh_large_lesions() -> None:
+    # `--segmenter-large-lesions N`: N times the crops for a lesion of 30 mm or more, the same
+    # number for the others, so the few large lesions of the cohort are seen more often.
+    from node.training import datasets
+
+    studies = list(datasets.synthetic_studies(range(6), medium_every=0))
+    large = sum(
+        1 for s in studies for les in s.lesions
+        if train.lesion_mask_2d(s, les, les.key_slice).any()
+        and train.SliceMask.of(train.lesion_mask_2d(s, les, les.key_slice)).extent_mm(s.spacing) >= train.LARGE_LESION_MM
+    )
+    assert large > 0
+    one = train.segmenter_samples(studies, rng=np.random.default_rng(0), per_lesion=2)
+    three = train.segmenter_samples(studies, rng=np.random.default_rng(0), per_lesion=2, large_lesions=3)
+    assert len(three) == len(one) + 2 * 2 * large
