@@ -92,12 +92,9 @@ def synthetic_cohort(
     """Synthesize ``patients`` x ``timepoints`` held-out studies, one at a time.
 
     ``num_slices`` fixes the number of slices (centred on each study's coverage) for a quick run;
-    ``cohort_version`` the synthetic cohort's version (default the newest).
+    ``cohort_version`` the synthetic cohort's version (None: the newest).
     """
-    from node.synth.lesions import COHORT_VERSION
     from node.synth.phantom import synthesize_study
-
-    version = COHORT_VERSION if cohort_version is None else cohort_version
 
     if patients < 1:
         raise ValueError(f"patients: must be at least 1, got {patients}")
@@ -106,7 +103,7 @@ def synthetic_cohort(
     for p in range(first_patient, first_patient + patients):
         for t in range(timepoints):
             scan = held_out_scan(np.random.default_rng([seed, p, t, 4242]), num_slices=num_slices)
-            study = synthesize_study(p, t, scan=scan, cohort_seed=seed, cohort_version=version)
+            study = synthesize_study(p, t, scan=scan, cohort_seed=seed, cohort_version=cohort_version)
             yield EvalStudy(
                 patient=study.patient_id,
                 timepoint=t,

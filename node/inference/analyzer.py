@@ -427,16 +427,15 @@ class _Frontier:
     peak: int
     low: int
 
-    def admits(self, mask: SliceMask) -> bool:
-        """Whether ``mask`` on the next slice still follows this lesion (see WALK_REGROW)."""
-        return not (self.low < self.peak and int(mask.pixels.sum()) > WALK_REGROW * self.low)
-
-    def next(self, mask: SliceMask) -> _Frontier:
+    def follow(self, mask: SliceMask) -> _Frontier | None:
+        """The walk one slice on with ``mask``, or None where the mask no longer follows this
+        lesion (see WALK_REGROW)."""
         area = int(mask.pixels.sum())
-        peak = max(self.peak, area)
+        if self.low < self.peak and area > WALK_REGROW * self.low:
+            return None
         return _Frontier(
             lesion=self.lesion, slice_=self.slice_ + self.step, mask=mask, step=self.step,
-            peak=peak, low=area if area >= self.peak else min(self.low, area),
+            peak=max(self.peak, area), low=area if area >= self.peak else min(self.low, area),
         )
 
 
@@ -475,11 +474,12 @@ def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> li
         requests = [(f.slice_ + f.step, f.mask.centre, WALK_MARGIN * f.mask.extent_mm(volume.spacing)) for f in frontier]
         still = []
         for f, mask in zip(frontier, _segment_slices(backend, volume, requests, [f.mask for f in frontier]), strict=True):
-            if mask is None or not f.admits(mask):
+            step = None if mask is None else f.follow(mask)
+            if step is None:
                 continue
-            slices[f.lesion][f.slice_ + f.step] = mask
+            slices[f.lesion][step.slice_] = mask
             reach_mm[f.lesion] = max(reach_mm[f.lesion], mask.extent_mm(volume.spacing))
-            still.append(f.next(mask))
+            still.append(step)
         frontier = still
     # The widest slice, where RECIST is measured, once more with a crop sized to its own mask
     # (the geometry the segmenter was trained on) rather than to its neighbour's.

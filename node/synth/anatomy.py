@@ -55,6 +55,21 @@ class Solid:
             np.where(inside, np.interp(zz, self.z, self.b), 0.0),
         )
 
+    def contains(self, point: tuple[float, float, float], margin: float = 0.0) -> bool:
+        """Whether body ``point`` (x, y, z) lies within the solid grown by ``margin`` mm in the
+        axial plane (and along z)."""
+        x, y, z = point
+        z0, z1 = self.z_range
+        if not z0 - margin <= z <= z1 + margin:
+            return False
+        cx, cy, a, b = (float(v) for v in self.section(float(np.clip(z, z0, z1))))
+        if a <= 0 or b <= 0:
+            return False
+        ca, sa = np.cos(self.angle), np.sin(self.angle)
+        u = (x - cx) * ca + (y - cy) * sa
+        v = -(x - cx) * sa + (y - cy) * ca
+        return (u / (a + margin)) ** 2 + (v / (b + margin)) ** 2 <= 1.0
+
 
 def tube(name: str, label: str, hu: float, z, cx, cy, a, b=None, **kw) -> Solid:
     z = np.asarray(z, dtype=np.float64)

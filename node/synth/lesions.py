@@ -190,34 +190,19 @@ def _reach(track: LesionTrack, timepoints: int) -> np.ndarray:
     return np.array([0.5 * track.diameter_at(t) * (1.0 + track.lobe_amp) for t in range(timepoints)])
 
 
-def _inside(solid, point: tuple[float, float, float], margin: float) -> bool:
-    """Whether ``point`` lies within ``solid`` grown by ``margin`` mm in the axial plane."""
-    x, y, z = point
-    z0, z1 = solid.z_range
-    if not z0 - margin <= z <= z1 + margin:
-        return False
-    cx, cy, a, b = (float(v) for v in solid.section(float(np.clip(z, z0, z1))))
-    if a <= 0 or b <= 0:
-        return False
-    ca, sa = np.cos(solid.angle), np.sin(solid.angle)
-    u = (x - cx) * ca + (y - cy) * sa
-    v = -(x - cx) * sa + (y - cy) * ca
-    return (u / (a + margin)) ** 2 + (v / (b + margin)) ** 2 <= 1.0
-
-
 def _clashes(track: LesionTrack, anatomy: Anatomy, placed: list[LesionTrack], timepoints: int) -> bool:
     """A lung lesion reaching into the heart, mediastinum or aorta at its largest, or a lesion
     within GAP_MM of another one at a timepoint where both are present."""
     reach = _reach(track, timepoints)
     if track.lesion_type is LesionType.LUNG and any(
-        _inside(anatomy.named[name], track.center, float(reach.max())) for name in LUNG_EXCLUDES
+        anatomy.named[name].contains(track.center, float(reach.max())) for name in LUNG_EXCLUDES
     ):
         return True
     c = np.asarray(track.center)
     for other in placed:
-        both = (reach > 0) & (_reach(other, timepoints) > 0)
-        gap = np.linalg.norm(c - np.asarray(other.center)) - reach - _reach(other, timepoints)
-        if np.any(both & (gap < GAP_MM)):
+        other_reach = _reach(other, timepoints)
+        gap = np.linalg.norm(c - np.asarray(other.center)) - reach - other_reach
+        if np.any((reach > 0) & (other_reach > 0) & (gap < GAP_MM)):
             return True
     return False
 

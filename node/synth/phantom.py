@@ -264,7 +264,7 @@ def synthesize_study(
     small: bool = False,
     noise: bool = True,
     max_timepoints: int = 8,
-    cohort_version: int = COHORT_VERSION,
+    cohort_version: int | None = None,
 ) -> SynthStudy:
     """Synthesize one CT study of patient ``patient_seed`` at ``timepoint`` (0 = baseline).
 
@@ -283,8 +283,8 @@ def synthesize_study(
     noise:
         add CT noise (turn off for exact-value tests).
     cohort_version:
-        how lesions are placed (``node.synth.lesions.COHORT_VERSION``); 1 reproduces the cohort
-        the committed models were trained on.
+        how lesions are placed (``node.synth.lesions.COHORT_VERSION``, the newest, when None); 1
+        reproduces the cohort the committed models were trained on.
     """
     if patient_seed < 0:
         raise ValueError(f"patient_seed must be 0 or more, got {patient_seed}")
@@ -293,7 +293,8 @@ def synthesize_study(
     prng = np.random.default_rng([cohort_seed, patient_seed, 0])
     anatomy = build_anatomy(prng)
     tracks = draw_tracks(
-        anatomy, prng, timepoints=max_timepoints, liver_hu=anatomy.named["liver"].hu, version=cohort_version
+        anatomy, prng, timepoints=max_timepoints, liver_hu=anatomy.named["liver"].hu,
+        version=COHORT_VERSION if cohort_version is None else cohort_version,
     )
     birth_offset = int(prng.integers(0, 3650))
     age_years = int(prng.integers(35, 85))

@@ -91,10 +91,7 @@ def synthetic_studies(
     cohort_version: int | None = None,
 ) -> Iterator[TrainStudy]:
     """Studies of the synthetic cohort: the small preset, every ``medium_every``-th patient at 256x256."""
-    from node.synth.lesions import COHORT_VERSION
     from node.synth.phantom import ScanParams, synthesize_study
-
-    version = COHORT_VERSION if cohort_version is None else cohort_version
 
     for p in patients:
         for t in range(timepoints):
@@ -108,7 +105,7 @@ def synthetic_studies(
                     slice_thickness=float(rng.choice([1.25, 2.0, 2.5, 3.0])),
                     coverage=str(rng.choice(["chest_abdomen_pelvis", "chest_abdomen", "abdomen_pelvis"])),
                 )
-            study = synthesize_study(p, t, scan=scan, small=True, cohort_seed=cohort_seed, cohort_version=version)
+            study = synthesize_study(p, t, scan=scan, small=True, cohort_seed=cohort_seed, cohort_version=cohort_version)
             yield TrainStudy(
                 key=f"syn{cohort_seed}_{p}_{t}",
                 patient=f"syn{cohort_seed}_{p}",

@@ -88,7 +88,7 @@ def test_lesions_keep_apart_and_lung_lesions_stay_in_the_lung():
     with lobes) while both are present, no lung lesion reaching into the heart, mediastinum or
     aorta; and the patient's stream still gives several lesions each."""
     from node.synth.anatomy import build_anatomy
-    from node.synth.lesions import GAP_MM, LUNG_EXCLUDES, _inside, _reach, draw_tracks
+    from node.synth.lesions import GAP_MM, LUNG_EXCLUDES, _reach, draw_tracks
 
     counts = []
     for patient in range(40):
@@ -100,7 +100,7 @@ def test_lesions_keep_apart_and_lung_lesions_stay_in_the_lung():
         for i, a in enumerate(tracks):
             ra = _reach(a, 8)
             if a.lesion_type is LesionType.LUNG:
-                assert not any(_inside(anatomy.named[s], a.center, float(ra.max())) for s in LUNG_EXCLUDES)
+                assert not any(anatomy.named[s].contains(a.center, float(ra.max())) for s in LUNG_EXCLUDES)
             for b in tracks[i + 1 :]:
                 rb = _reach(b, 8)
                 gap = np.linalg.norm(np.subtract(a.center, b.center)) - ra - rb
