@@ -40,9 +40,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detector-epochs", type=int, default=24, help="detector epochs (default 24)")
     p.add_argument("--detector-per-lesion", type=int, default=5, help="detector windows per lesion (default 5)")
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
+    p.add_argument("--detector-head", choices=("typed", "objectness"), default="typed",
+                   help="detector heatmap: typed (one per lesion type, CenterNet's) or objectness (one type-blind heatmap "
+                        "and a type classifier, on the same output tensors; default typed)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
     p.add_argument("--segmenter-large-lesions", type=int, default=1,
                    help="segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default 1)")
+    p.add_argument("--segmenter-size-jitter", type=_pair, default=(0.8, 1.25), metavar="LOW,HIGH",
+                   help="segmenter: a training crop's box side is the lesion's times a factor drawn from LOW..HIGH, as a "
+                        "detector's box is too small or too large (default 0.8,1.25)")
+    p.add_argument("--segmenter-centre-jitter", type=float, default=0.08,
+                   help="segmenter: a training crop's centre moves by a normal offset of this times the lesion's size, "
+                        "each axis (default 0.08)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
@@ -123,11 +132,12 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             result = train.train_body_part_regressor(studies(medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale))
         elif model_name == "lesion_detector":
             result = train.train_lesion_detector(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
-                per_lesion=args.detector_per_lesion, negatives=args.detector_negatives,
+                per_lesion=args.detector_per_lesion, negatives=args.detector_negatives, head=args.detector_head,
             )
         elif model_name == "lesion_segmenter":
             result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation,
                 large_lesions=args.segmenter_large_lesions,
+                jitter=train.CropJitter(size=args.segmenter_size_jitter, centre=args.segmenter_centre_jitter),
             )
         else:
             ssbr = _ssbr_from_onnx(out)
@@ -148,6 +158,17 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
 
 DEFAULT_MEDIUM_EVERY = 3
+
+
+def _pair(text: str) -> tuple[float, float]:
+    """``LOW,HIGH`` -> (LOW, HIGH), LOW <= HIGH, both positive."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, got {text!r}")
+    return (low, high)
 # The detector learns from 256x256 studies only: on the 128x128 preset (3.3 mm pixels, 5 mm
 # slices) lung vessels and small nodules blur alike, and unseen 192x192 patients drew twice the
 # false positives (triton_models/cards/lesion_detector.md).

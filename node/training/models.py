@@ -141,10 +141,22 @@ class BodyPartRegressor(nn.Module):
 
 
 class LesionDetector(nn.Module):
-    """3DCE-style detector: a shared trunk per 3-slice group, fused features, CenterNet heads."""
+    """3DCE-style detector: a shared trunk per 3-slice group, fused features, CenterNet heads.
 
-    def __init__(self) -> None:
+    ``head`` picks how lesion type enters the heatmap. ``"typed"``: CenterNet's own, one heatmap
+    per type, so a lesion that looks like another type's scores low in both. ``"objectness"``: one
+    type-blind lesion heatmap plus a type classifier; the output keeps the eight channels (the
+    objectness times the type posterior relative to its largest), so a peak's score is the
+    objectness and its type the classifier's, on the same wire as ``"typed"``.
+    """
+
+    HEADS = ("typed", "objectness")
+
+    def __init__(self, head: str = "typed") -> None:
         super().__init__()
+        if head not in self.HEADS:
+            raise ValueError(f"head: expected one of {self.HEADS}, got {head!r}")
+        self.head = head
         self.s1 = nn.Sequential(_conv(6, 8, 2), _conv(8, 8))  # 1/2; 3 slices x 2 windows
         self.s2 = nn.Sequential(_conv(8, 16, 2), _conv(16, 16))  # 1/4
         self.s3 = nn.Sequential(_conv(16, 32, 2), _conv(32, 32))  # 1/8
@@ -152,18 +164,25 @@ class LesionDetector(nn.Module):
         self.fuse = _conv(32 * g, 32)
         self.up2 = _conv(32 + 16 * g, 24)
         self.up1 = _conv(24 + 8, 16)
-        self.heatmap = nn.Conv2d(16, NUM_TYPES, 1)
+        self.heatmap = nn.Conv2d(16, NUM_TYPES if head == "typed" else 1, 1)
+        self.type_logits = nn.Conv2d(16, NUM_TYPES, 1) if head == "objectness" else None
         self.size = nn.Conv2d(16, 2, 1)
         self.offset = nn.Conv2d(16, 2, 1)
         nn.init.constant_(self.heatmap.bias, -4.0)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        heat, size, offset = self.forward_logits(image)
+        heat, types, size, offset = self.forward_logits(image)
         size_mm = torch.exp(torch.clamp(size, -3.0, 3.0)) * 16.0
-        return torch.sigmoid(heat), size_mm, torch.sigmoid(offset)
+        if types is None:
+            return torch.sigmoid(heat), size_mm, torch.sigmoid(offset)
+        relative = torch.exp(types - types.max(dim=1, keepdim=True).values)  # 1 for the likeliest type
+        return torch.sigmoid(heat) * relative, size_mm, torch.sigmoid(offset)
 
-    def forward_logits(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training entry: heatmap logits, log-size, offset logits."""
+    def forward_logits(
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Training entry: heatmap logits (8 typed or 1 type-blind), type logits (None for the
+        typed head), log-size, offset logits."""
         b, c, h, w = image.shape
         g = c // 3
         x = _windows(image.reshape(b * g, 3, h, w))
@@ -176,7 +195,8 @@ class LesionDetector(nn.Module):
         y = self.fuse(f3)
         y = self.up2(torch.cat([_up(y), f2], dim=1))
         y = self.up1(torch.cat([_up(y), f1], dim=1))
-        return self.heatmap(y), self.size(y), self.offset(y)
+        types = None if self.type_logits is None else self.type_logits(y)
+        return self.heatmap(y), types, self.size(y), self.offset(y)
 
 
 class LesionSegmenter(nn.Module):
@@ -234,8 +254,8 @@ class LesionEmbedder(nn.Module):
         return e, self.classifier(e)
 
 
-def build(name: str) -> nn.Module:
-    """A fresh model by its Triton name."""
+def build(name: str, **options: object) -> nn.Module:
+    """A fresh model by its Triton name; ``options`` go to its constructor (the detector's ``head``)."""
     factories = {
         "body_part_regressor": BodyPartRegressor,
         "lesion_detector": LesionDetector,
@@ -244,4 +264,4 @@ def build(name: str) -> nn.Module:
     }
     if name not in factories:
         raise ValueError(f"name: unknown model {name!r}; expected one of {sorted(factories)}")
-    return factories[name]()
+    return factories[name](**options)

@@ -283,10 +283,14 @@ def train_lesion_detector(
     validation: Sequence[TrainStudy] = (),
     per_lesion: int = 3,
     negatives: int = 2,
+    head: str = "typed",
 ) -> TrainResult:
+    """CenterNet training of the detector (``head``: ``LesionDetector``'s). The objectness head
+    learns the type-blind heatmap (the largest of the typed targets) with the same focal loss, and
+    the type by cross-entropy on the cells that hold a lesion's centre."""
     t0 = time.perf_counter()
     samples = detector_samples(studies, rng=rng, per_lesion=per_lesion, negatives=negatives)
-    model = build("lesion_detector")
+    model = build("lesion_detector", head=head)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     total = epochs * ((len(samples) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total, pct_start=0.15)
@@ -313,13 +317,17 @@ def train_lesion_detector(
                 heat, wh, reg, wh_mask = heat.flip(-1), wh.flip(-1), reg.flip(-1), wh_mask.flip(-1)
                 off = off.flip(-1)
                 off = torch.stack([off[:, 0], torch.where(reg > 0, 1.0 - off[:, 1], off[:, 1])], dim=1)
-            hl, sl, ol = model.forward_logits(x)
+            hl, tl, sl, ol = model.forward_logits(x)
             mask = reg[:, None]
             n_reg = mask.sum().clamp(min=1.0)
             size_w = wh_mask[:, None]
             size_loss = (F.l1_loss(sl, torch.log(wh.clamp(min=1.0) / 16.0), reduction="none") * size_w).sum() / size_w.sum().clamp(min=1.0)
             off_loss = (F.l1_loss(torch.sigmoid(ol), off, reduction="none") * mask).sum() / n_reg
-            loss = focal_loss(hl, heat) + size_loss + off_loss
+            if tl is None:
+                loss = focal_loss(hl, heat) + size_loss + off_loss
+            else:
+                type_loss = (F.cross_entropy(tl, heat.argmax(dim=1), reduction="none") * reg).sum() / n_reg
+                loss = focal_loss(hl, heat.max(dim=1, keepdim=True).values) + type_loss + size_loss + off_loss
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -391,8 +399,23 @@ def _crop_mask(mask: np.ndarray, spacing: tuple[float, float, float], centre: tu
 LARGE_LESION_MM = 30.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class CropJitter:
+    """How far a segmenter training crop strays from the lesion, as the detector's box does at
+    inference: the box side is the lesion's times a factor drawn uniformly from ``size``, the
+    centre moved by a normal offset of ``centre`` times the lesion's size (each axis)."""
+
+    size: tuple[float, float] = (0.8, 1.25)
+    centre: float = 0.08
+
+
 def segmenter_samples(
-    studies: Sequence[TrainStudy], *, rng: np.random.Generator, per_lesion: int = 6, large_lesions: int = 1
+    studies: Sequence[TrainStudy],
+    *,
+    rng: np.random.Generator,
+    per_lesion: int = 6,
+    large_lesions: int = 1,
+    jitter: CropJitter = CropJitter(),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Lesion-centred 3-slice crops (key slice and neighbours, some beyond the lesion) with masks;
     ``large_lesions`` times as many for a lesion of LARGE_LESION_MM or more (few in the cohort)."""
@@ -413,9 +436,9 @@ def segmenter_samples(
                     centre = (mr.mean(), mc.mean())
                 else:
                     centre = (rr.mean(), cc.mean())
-                jitter = rng.normal(0, 0.08 * size_mm, 2) / np.array(study.spacing[1:])
-                centre = (centre[0] + jitter[0], centre[1] + jitter[1])
-                side = pp.crop_geometry(size_mm * rng.uniform(0.8, 1.25))
+                shift = rng.normal(0, jitter.centre * size_mm, 2) / np.array(study.spacing[1:])
+                centre = (centre[0] + shift[0], centre[1] + shift[1])
+                side = pp.crop_geometry(size_mm * rng.uniform(*jitter.size))
                 image = pp.lesion_crop(study.pixels, study.spacing, slice_=float(s), center_rc=centre, side_mm=side)
                 out.append((image.astype(np.float16), _crop_mask(mask, study.spacing, centre, side)))
     return out
@@ -430,9 +453,10 @@ def train_lesion_segmenter(
     progress: bool = True,
     validation: Sequence[TrainStudy] = (),
     large_lesions: int = 1,
+    jitter: CropJitter = CropJitter(),
 ) -> TrainResult:
     t0 = time.perf_counter()
-    samples = segmenter_samples(studies, rng=rng, large_lesions=large_lesions)
+    samples = segmenter_samples(studies, rng=rng, large_lesions=large_lesions, jitter=jitter)
     model = build("lesion_segmenter")
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     total = epochs * ((len(samples) + batch_size - 1) // batch_size)

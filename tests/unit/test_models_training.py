@@ -105,10 +105,13 @@ def test_decoded_targets_give_the_box_back() -> None:
     np.testing.assert_allclose((d.height_mm, d.width_mm), (11 * pp.CANVAS_MM, 7 * pp.CANVAS_MM))
 
 
-@pytest.mark.parametrize("name", ["lesion_segmenter", "lesion_embedder"])
-def test_onnx_export_matches_torch(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("lesion_segmenter", {}), ("lesion_embedder", {}), ("lesion_detector", {"head": "typed"}), ("lesion_detector", {"head": "objectness"})],
+)
+def test_onnx_export_matches_torch(tmp_path: Path, name: str, options: dict) -> None:
     torch.manual_seed(0)
-    model = build(name).eval()
+    model = build(name, **options).eval()
     path = export.export_onnx(model, name, tmp_path / f"{name}.onnx", metadata={"version": "t1"})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["version"] == f"t1-{export.weights_digest(onnx.load(str(path)))}"
@@ -119,6 +122,34 @@ def test_onnx_export_matches_torch(tmp_path: Path, name: str) -> None:
     want = want if isinstance(want, tuple) else (want,)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4)
+
+
+def test_objectness_head_scores_a_peak_by_objectness_and_types_it_by_the_classifier() -> None:
+    # The same eight-channel heatmap as the typed head: its largest channel is the type-blind
+    # objectness and that channel's index the classifier's type, so decode_detections is unchanged.
+    torch.manual_seed(0)
+    model = build("lesion_detector", head="objectness").eval()
+    with torch.no_grad():
+        model.type_logits.bias.copy_(torch.arange(8.0) * 0.3)
+        x = torch.rand(2, pp.DETECTOR_CHANNELS, 64, 64) * 255
+        heat, types, _, _ = model.forward_logits(x)
+        out, _, _ = model(x)
+    assert heat.shape[1] == 1 and out.shape[1] == 8
+    np.testing.assert_allclose(out.amax(dim=1), torch.sigmoid(heat[:, 0]), rtol=1e-6)
+    assert torch.equal(out.argmax(dim=1), types.argmax(dim=1))
+    assert build("lesion_detector").forward_logits(x)[1] is None  # the typed head: eight heatmaps, no classifier
+    with pytest.raises(ValueError, match="head"):
+        build("lesion_detector", head="anchors")
+
+
+def test_objectness_detector_learns_from_typed_targets() -> None:
+    from node.training import datasets
+
+    studies = list(datasets.synthetic_studies(range(2), medium_every=0))
+    result = train.train_lesion_detector(studies, rng=np.random.default_rng(0), epochs=2, progress=False, head="objectness")
+    assert result.model.head == "objectness" and np.isfinite(result.figures["final_loss"])
+    heat, _, _ = result.model(torch.from_numpy(pp.detector_inputs(pp.make_canvas(studies[0].pixels, studies[0].spacing), np.array([5]))))
+    assert heat.shape == (1, 8, pp.CANVAS_SIZE // pp.HEATMAP_STRIDE, pp.CANVAS_SIZE // pp.HEATMAP_STRIDE)
 
 
 def test_unknown_model_name() -> None:
@@ -143,3 +174,30 @@ def test_segmenter_samples_can_weigh_large_lesions() -> None:
     one = train.segmenter_samples(studies, rng=np.random.default_rng(0), per_lesion=2)
     three = train.segmenter_samples(studies, rng=np.random.default_rng(0), per_lesion=2, large_lesions=3)
     assert len(three) == len(one) + 2 * 2 * large
+
+
+def test_segmenter_crop_jitter_sets_how_much_of_the_crop_a_lesion_fills() -> None:
+    # `--segmenter-size-jitter LOW,HIGH`: a detector box half the lesion's size gives a crop the
+    # lesion fills; the training crops can be drawn that way too (default: 0.8..1.25).
+    from node.training import datasets
+
+    studies = list(datasets.synthetic_studies(range(3), medium_every=0))
+
+    def filled(size: tuple[float, float]) -> float:
+        jitter = train.CropJitter(size=size, centre=0.0)
+        samples = train.segmenter_samples(studies, rng=np.random.default_rng(0), per_lesion=1, jitter=jitter)
+        return float(np.median([mask.mean() for _, mask in samples]))
+
+    assert filled((0.5, 0.5)) > 2.0 * filled((1.0, 1.0)) > 0.0
+    assert train.CropJitter() == train.CropJitter(size=(0.8, 1.25), centre=0.08)
+
+
+def test_train_command_reads_the_size_jitter() -> None:
+    import argparse
+
+    from node.training.commands import _pair
+
+    assert _pair("0.5,1.3") == (0.5, 1.3)
+    for bad in ("0.5", "1.3,0.5", "0,1", "a,b"):
+        with pytest.raises(argparse.ArgumentTypeError, match="LOW"):
+            _pair(bad)
