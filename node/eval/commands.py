@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="in-memory cohort seed (default 9001, held out from training)")
     p.add_argument("--first-patient", type=int, default=1,
                    help="in-memory cohort: number of the first patient (default 1); with --seed 0, 10000 and up are the training code's validation patients, never trained on")
-    p.add_argument("--cohort-version", type=int, choices=(1, 2), default=None,
-                   help="in-memory cohort: the synthetic cohort's version (default the newest, 2; 1 lets lesions overlap and lung lesions fall in the heart)")
+    p.add_argument("--cohort-version", type=int, choices=(1, 2, 3), default=None,
+                   help="in-memory cohort: the synthetic cohort's version (default the newest, 3; 2 lets lymph nodes touch organs, 1 also lets lesions overlap and lung lesions fall in the heart)")
     p.add_argument("--slices", type=int, default=None, help="in-memory cohort: slices per study, centred on its coverage (quick look; default: whole coverage)")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     p.add_argument("--backend", choices=("onnx", "triton"), default="onnx", help="onnx: in-process ONNX Runtime (default); triton: the running Triton")

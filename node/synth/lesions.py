@@ -77,11 +77,36 @@ def _point_in(
     return (cx + u * ca - v * sa, cy + u * sa + v * ca, z)
 
 
-def _site_point(
+def _node_point(
     kind: LesionType, anatomy: Anatomy, rng: np.random.Generator, d: float
+) -> tuple[float, float, float]:
+    """Version 3: a mediastinal node anywhere around the trachea, an abdominal one around the
+    aorta, a pelvic one around an iliac artery, up to NODE_REACH_MM from the tube's wall (that
+    it lands in fat is for _clashes to check)."""
+    lm = anatomy.landmarks
+    if kind is LesionType.MEDIASTINUM:
+        vessel = anatomy.named["trachea"]
+        z = min(rng.uniform(lm["carina"] - 50, lm["carina"] + 40), vessel.z_range[1])
+    elif kind is LesionType.ABDOMEN:
+        vessel = anatomy.named["aorta"]
+        z = rng.uniform(lm["iliac_crest"] + 20, lm["kidney"] + 40)
+    else:
+        side = rng.choice([-1.0, 1.0])
+        vessel = next(s for s in anatomy.solids if s.name == "iliac" and np.sign(s.cx[0]) == side)
+        z = rng.uniform(40, min(vessel.z_range[1], lm["iliac_crest"] - 50))
+    cx, cy, a, b = (float(v) for v in vessel.section(z))
+    r = max(a, b) + d / 2 + GAP_MM + rng.uniform(0, NODE_REACH_MM)
+    t = rng.uniform(0, 2 * np.pi)
+    return (cx + r * np.cos(t), cy + r * np.sin(t), z)
+
+
+def _site_point(
+    kind: LesionType, anatomy: Anatomy, rng: np.random.Generator, d: float, version: int
 ) -> tuple[tuple[float, float, float], str]:
     n = anatomy.named
     lm = anatomy.landmarks
+    if version >= 3 and kind in NODE_TYPES:
+        return _node_point(kind, anatomy, rng, d), kind.value
     if kind is LesionType.LUNG:
         lung = n["lung_right" if rng.random() < 0.5 else "lung_left"]
         return _point_in(lung, rng, rmax=0.6), "lung"
@@ -176,13 +201,23 @@ def _appearance(
 #: The synthetic cohort's version. 1: each lesion placed once, wherever it fell (lesions could
 #: overlap, and a lung lesion could lie in the heart, whose ellipsoid the lung's overlaps).
 #: 2: a lesion is redrawn until it keeps GAP_MM from the others and, in the lung, out of
-#: LUNG_EXCLUDES. Patients without a clash are the same in both. Models trained on version 1
-#: are reproduced with ``ainode train --cohort-version 1``; evaluation cohorts use version 2.
-COHORT_VERSION = 2
+#: LUNG_EXCLUDES. 3: as 2, and a lymph node (mediastinal, abdominal, pelvic) is drawn around its
+#: chain's tube (_node_point) and redrawn until it lies in fat, touching no solid but
+#: NODE_SURROUNDS and inside the body wall (in 2 most abdominal and pelvic nodes touched the
+#: psoas, kidney, liver or bowel, some of the same density, unseen). Patients without a redrawn
+#: lesion are the same in all three. Models trained on an older version are reproduced with
+#: ``ainode train --cohort-version N``; evaluation cohorts use the newest.
+COHORT_VERSION = 3
 PLACE_TRIES = 50  # places drawn for one lesion before it is left out
 GAP_MM = 3.0  # least distance between two lesions' outlines at one timepoint (as spheres)
 #: Solids a lung lesion must stay out of: the lung's ellipsoid overlaps them.
 LUNG_EXCLUDES = ("heart", "mediastinum", "aorta")
+#: Version 3: the only solids a lymph node may touch. Nodes sit in fat (the mediastinum's, or the
+#: body's between the abdominal and pelvic organs); touching a vessel, muscle, bowel or organ, a
+#: node of 30-55 HU could lie unseen in tissue of its own density (psoas, bowel wall, rectum).
+NODE_SURROUNDS = ("lung", "mediastinum")
+NODE_TYPES = (LesionType.MEDIASTINUM, LesionType.ABDOMEN, LesionType.PELVIS)
+NODE_REACH_MM = 45.0  # version 3: farthest a node's outline lies from its vessel's wall
 
 
 def _reach(track: LesionTrack, timepoints: int) -> np.ndarray:
@@ -190,10 +225,22 @@ def _reach(track: LesionTrack, timepoints: int) -> np.ndarray:
     return np.array([0.5 * track.diameter_at(t) * (1.0 + track.lobe_amp) for t in range(timepoints)])
 
 
-def _clashes(track: LesionTrack, anatomy: Anatomy, placed: list[LesionTrack], timepoints: int) -> bool:
-    """A lung lesion reaching into the heart, mediastinum or aorta at its largest, or a lesion
-    within GAP_MM of another one at a timepoint where both are present."""
+def _clashes(
+    track: LesionTrack, anatomy: Anatomy, placed: list[LesionTrack], timepoints: int, version: int
+) -> bool:
+    """A lung lesion reaching into the heart, mediastinum or aorta at its largest, a lymph node
+    within GAP_MM of a solid other than NODE_SURROUNDS (version 3), or a lesion within GAP_MM of
+    another one at a timepoint where both are present."""
     reach = _reach(track, timepoints)
+    if version >= 3 and track.appearance == "lymph_node":
+        lm, grown = anatomy.landmarks, float(reach.max())
+        wall = 2.0 + lm["fat_mm"] + lm["muscle_mm"]  # skin, subcutaneous fat, muscle
+        if not anatomy.body.contains(track.center, -(wall + grown)) or any(
+            solid.contains(track.center, grown)
+            for solid in anatomy.solids
+            if solid.name not in NODE_SURROUNDS
+        ):
+            return True
     if track.lesion_type is LesionType.LUNG and any(
         anatomy.named[name].contains(track.center, float(reach.max())) for name in LUNG_EXCLUDES
     ):
@@ -217,8 +264,8 @@ def draw_tracks(
 ) -> list[LesionTrack]:
     """Draw a patient's lesions at baseline and those that appear at later timepoints
     (``version``: see COHORT_VERSION)."""
-    if version not in (1, 2):
-        raise ValueError(f"cohort version must be 1 or 2, got {version}")
+    if version not in (1, 2, 3):
+        raise ValueError(f"cohort version must be 1, 2 or 3, got {version}")
     kinds = list(TYPE_WEIGHTS)
     p = np.array([TYPE_WEIGHTS[k] for k in kinds])
     p /= p.sum()
@@ -232,7 +279,7 @@ def draw_tracks(
         d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         if birth > 0:
             d = min(d, 15.0)
-        center, site = _site_point(kind, anatomy, rng, d)
+        center, site = _site_point(kind, anatomy, rng, d, version)
         appearance, hu, core = _appearance(kind, rng, d, liver_hu)
         pattern = str(rng.choice(CHANGES, p=[0.35, 0.3, 0.25, 0.1]))
         rate = {
@@ -267,10 +314,10 @@ def draw_tracks(
             continue
         # A lesion must sit in its organ's tissue and apart from the others at every timepoint:
         # redraw its place (only then does the patient's random stream change), else leave it out.
-        for _ in range(PLACE_TRIES):
-            if not _clashes(track, anatomy, tracks, timepoints):
+        for _ in range(PLACE_TRIES * (4 if version >= 3 and kind in NODE_TYPES else 1)):
+            if not _clashes(track, anatomy, tracks, timepoints, version):
                 tracks.append(track)
                 break
-            center, site = _site_point(kind, anatomy, rng, d)
+            center, site = _site_point(kind, anatomy, rng, d, version)
             track = replace(track, center=center, site=site)
     return tracks

@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=160, help="synthetic training patients (default 160)")
     p.add_argument("--val-patients", type=int, default=12, help="synthetic validation patients (default 12)")
     p.add_argument("--cohort-seed", type=int, default=0)
-    p.add_argument("--cohort-version", type=int, choices=(1, 2), default=None,
-                   help="synthetic cohort version (node.synth.lesions.COHORT_VERSION, default the newest: 2, lesions kept apart "
-                        "and lung lesions out of the heart; 1 reproduces models trained before that)")
+    p.add_argument("--cohort-version", type=int, choices=(1, 2, 3), default=None,
+                   help="synthetic cohort version (node.synth.lesions.COHORT_VERSION, default the newest: 3, lymph nodes in fat; "
+                        "2: lesions kept apart and lung lesions out of the heart; 1: neither; older versions reproduce older models)")
     p.add_argument("--medium-every", type=int, default=None,
                    help="synthetic cohort: every N-th patient at 256x256, 1.5-1.8 mm, 1.25-3 mm slices, the rest at 128x128, 3.3 mm, 5 mm slices "
                         "(default: 1 for the detector, 3 for the other models; 0: none)")
