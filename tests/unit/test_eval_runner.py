@@ -204,15 +204,16 @@ def test_onnx_backend_run_on_one_tiny_study(tmp_path):
 
 
 def test_in_memory_cohort_follows_the_cohort_version():
-    # Version 1 stays available so that earlier figures can be measured again; a patient whose
-    # lesions clash in version 1 gets other lesions in version 2, the default.
+    # Older versions stay available so that earlier figures can be measured again; a patient
+    # whose lesions clash in version 1 gets other lesions in version 2, one with a lymph node
+    # out of fat in version 2 gets another place for it in version 3, the default.
     from node.synth.lesions import COHORT_VERSION
 
     def lesions(version):
         return [
             [(les.lesion_id, les.box) for les in s.lesions]
-            for s in cohort_mod.synthetic_cohort(patients=8, timepoints=1, num_slices=8, cohort_version=version)
+            for s in cohort_mod.synthetic_cohort(patients=8, timepoints=1, num_slices=40, cohort_version=version)
         ]
 
-    assert lesions(None) == lesions(COHORT_VERSION) == lesions(2)
-    assert lesions(1) != lesions(2)
+    assert lesions(None) == lesions(COHORT_VERSION) == lesions(3)
+    assert lesions(1) != lesions(2) != lesions(3)
