@@ -203,8 +203,9 @@ def _appearance(
 #: 2: a lesion is redrawn until it keeps GAP_MM from the others and, in the lung, out of
 #: LUNG_EXCLUDES. 3: as 2, and a lymph node (mediastinal, abdominal, pelvic) is drawn around its
 #: chain's tube (_node_point) and redrawn until it lies in fat, touching no solid but
-#: NODE_SURROUNDS and inside the body wall (in 2 most abdominal and pelvic nodes touched the
-#: psoas, kidney, liver or bowel, some of the same density, unseen). Patients without a redrawn
+#: NODE_SURROUNDS, inside the mediastinum or the body wall (in 2 most abdominal and pelvic nodes
+#: touched the psoas, kidney, liver or bowel, some of the same density, unseen). A node too big
+#: for the fat it may lie in is left out, as a clashing lesion always was. Patients without a redrawn
 #: lesion are the same in all three. Models trained on an older version are reproduced with
 #: ``ainode train --cohort-version N``; evaluation cohorts use the newest.
 COHORT_VERSION = 3
@@ -212,9 +213,10 @@ PLACE_TRIES = 50  # places drawn for one lesion before it is left out
 GAP_MM = 3.0  # least distance between two lesions' outlines at one timepoint (as spheres)
 #: Solids a lung lesion must stay out of: the lung's ellipsoid overlaps them.
 LUNG_EXCLUDES = ("heart", "mediastinum", "aorta")
-#: Version 3: the only solids a lymph node may touch. Nodes sit in fat (the mediastinum's, or the
-#: body's between the abdominal and pelvic organs); touching a vessel, muscle, bowel or organ, a
-#: node of 30-55 HU could lie unseen in tissue of its own density (psoas, bowel wall, rectum).
+#: Version 3: the only solids a lymph node may touch. Nodes sit in fat: a mediastinal node
+#: inside the mediastinum (painted over the lungs' ellipsoids), an abdominal or pelvic one inside
+#: the body wall; touching a vessel, muscle, bowel or organ, a node of 30-55 HU could lie unseen
+#: in tissue of its own density (psoas, bowel wall, rectum) or be read as that organ's lesion.
 NODE_SURROUNDS = ("lung", "mediastinum")
 NODE_TYPES = (LesionType.MEDIASTINUM, LesionType.ABDOMEN, LesionType.PELVIS)
 NODE_REACH_MM = 45.0  # version 3: farthest a node's outline lies from its vessel's wall
@@ -229,13 +231,17 @@ def _clashes(
     track: LesionTrack, anatomy: Anatomy, placed: list[LesionTrack], timepoints: int, version: int
 ) -> bool:
     """A lung lesion reaching into the heart, mediastinum or aorta at its largest, a lymph node
-    within GAP_MM of a solid other than NODE_SURROUNDS (version 3), or a lesion within GAP_MM of
-    another one at a timepoint where both are present."""
+    touching a solid other than NODE_SURROUNDS or out of its fat at its largest (version 3), or a
+    lesion within GAP_MM of another one at a timepoint where both are present."""
     reach = _reach(track, timepoints)
     if version >= 3 and track.appearance == "lymph_node":
         lm, grown = anatomy.landmarks, float(reach.max())
         wall = 2.0 + lm["fat_mm"] + lm["muscle_mm"]  # skin, subcutaneous fat, muscle
-        if not anatomy.body.contains(track.center, -(wall + grown)) or any(
+        if track.lesion_type is LesionType.MEDIASTINUM:  # within the mediastinum's fat, not the lung
+            inside = anatomy.named["mediastinum"].contains(track.center, -grown)
+        else:
+            inside = anatomy.body.contains(track.center, -(wall + grown))
+        if not inside or any(
             solid.contains(track.center, grown)
             for solid in anatomy.solids
             if solid.name not in NODE_SURROUNDS

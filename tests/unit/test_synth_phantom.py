@@ -138,9 +138,10 @@ def test_older_cohort_versions_are_kept_for_the_models_trained_on_them(old, new)
 
 def test_lymph_nodes_lie_in_fat_from_version_3():
     """Version 3 draws each lymph node around its chain (trachea, aorta, iliac artery) until it
-    touches no solid but the lung and mediastinum and stays inside the body wall; in version 2
-    most abdominal and pelvic nodes touched an organ, a vessel or a muscle. Most nodes still find
-    a place (a bulky abdominal node may not: it is left out, as a clashing lesion always was)."""
+    touches no solid but the lung and mediastinum and stays inside the mediastinum (a mediastinal
+    node) or the body wall; in version 2 most abdominal and pelvic nodes touched an organ, a
+    vessel or a muscle. Most nodes still find a place (a bulky one may not: it is left out, as a
+    clashing lesion always was)."""
     from node.synth.anatomy import build_anatomy
     from node.synth.lesions import NODE_SURROUNDS, _reach, draw_tracks
 
@@ -148,7 +149,11 @@ def test_lymph_nodes_lie_in_fat_from_version_3():
         reach = float(_reach(track, 8).max())
         lm = anatomy.landmarks
         wall = 2.0 + lm["fat_mm"] + lm["muscle_mm"]
-        return anatomy.body.contains(track.center, -(wall + reach)) and not any(
+        if track.lesion_type is LesionType.MEDIASTINUM:
+            inside = anatomy.named["mediastinum"].contains(track.center, -reach)
+        else:
+            inside = anatomy.body.contains(track.center, -(wall + reach))
+        return inside and not any(
             s.contains(track.center, reach) for s in anatomy.solids if s.name not in NODE_SURROUNDS
         )
 
@@ -159,5 +164,5 @@ def test_lymph_nodes_lie_in_fat_from_version_3():
             anatomy = build_anatomy(prng)
             tracks = draw_tracks(anatomy, prng, timepoints=8, liver_hu=anatomy.named["liver"].hu, version=version)
             nodes[version] += [in_fat(t, anatomy) for t in tracks if t.appearance == "lymph_node"]
-    assert all(nodes[3]) and len(nodes[3]) >= 0.75 * len(nodes[2])
+    assert all(nodes[3]) and len(nodes[3]) >= 0.7 * len(nodes[2])
     assert np.mean(nodes[2]) < 0.5
