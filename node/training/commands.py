@@ -46,13 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
     p.add_argument("--segmenter-large-lesions", type=int, default=1,
                    help="segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default 1)")
-    p.add_argument("--segmenter-size-jitter", type=_pair, default=(0.5, 1.3), metavar="LOW,HIGH",
+    p.add_argument("--segmenter-size-jitter", type=_pair, default=(0.8, 1.25), metavar="LOW,HIGH",
                    help="segmenter: a training crop's box side is the lesion's times a factor drawn from LOW..HIGH, as a "
-                        "detector's box is too small or too large (default 0.5,1.3: the committed detector's boxes were 0.46-0.55x the lesion "
-                        "at the 5th percentile on unseen patients; 0.8,1.25 trained segmenter 60362ff7)")
-    p.add_argument("--segmenter-centre-jitter", type=float, default=0.12,
+                        "detector's box is too small or too large (default 0.8,1.25; the detector's boxes were 0.46-0.55x the lesion at the "
+                        "5th percentile on unseen patients: 0.5,1.3 was tried, see the segmenter's card)")
+    p.add_argument("--segmenter-centre-jitter", type=float, default=0.08,
                    help="segmenter: a training crop's centre moves by a normal offset of this times the lesion's size, "
-                        "each axis (default 0.12; the detector's centres were 0.09 of the lesion's size off at the median; 0.08 for 60362ff7)")
+                        "each axis (default 0.08; the detector's centres were 0.09 of the lesion's size off at the median: 0.12 was tried)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")

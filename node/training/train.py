@@ -405,8 +405,8 @@ class CropJitter:
     inference: the box side is the lesion's times a factor drawn uniformly from ``size``, the
     centre moved by a normal offset of ``centre`` times the lesion's size (each axis)."""
 
-    size: tuple[float, float] = (0.5, 1.3)
-    centre: float = 0.12
+    size: tuple[float, float] = (0.8, 1.25)
+    centre: float = 0.08
 
 
 def segmenter_samples(

@@ -178,7 +178,7 @@ def test_segmenter_samples_can_weigh_large_lesions() -> None:
 
 def test_segmenter_crop_jitter_sets_how_much_of_the_crop_a_lesion_fills() -> None:
     # `--segmenter-size-jitter LOW,HIGH`: a detector box half the lesion's size gives a crop the
-    # lesion fills; the training crops are drawn that way too (default: 0.5..1.3).
+    # lesion fills; the training crops can be drawn that way too (default: 0.8..1.25).
     from node.training import datasets
 
     studies = list(datasets.synthetic_studies(range(3), medium_every=0))
@@ -190,7 +190,7 @@ def test_segmenter_crop_jitter_sets_how_much_of_the_crop_a_lesion_fills() -> Non
 
     # 4x the fill where the crop is 2x the box; less for lesions under 16 mm (crops are >= 32 mm).
     assert filled((0.5, 0.5)) > 1.5 * filled((1.0, 1.0)) > 0.0
-    assert train.CropJitter() == train.CropJitter(size=(0.5, 1.3), centre=0.12)
+    assert train.CropJitter() == train.CropJitter(size=(0.8, 1.25), centre=0.08)
 
 
 def test_train_command_reads_the_size_jitter() -> None:
