@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     p.add_argument("--backend", choices=("onnx", "triton"), default="onnx", help="onnx: in-process ONNX Runtime (default); triton: the running Triton")
     p.add_argument("--froc-threshold", type=float, default=0.05, help="lowest detector score kept for the FROC (default 0.05)")
+    p.add_argument("--walk-check", action="store_true",
+                   help="instead of the full evaluation: walk the segmenter from truth-placed starts (each large lesion's key slice and last slice), no detector; per lesion kind Dice, long-axis error, lost walks (a few seconds: screens segmenter weights)")
+    p.add_argument("--walk-min-mm", type=float, default=None, help="--walk-check: lesions at least this long (default 25 mm)")
     p.set_defaults(func=handle)
 
 
@@ -73,6 +76,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         backend = open_backend(replace(settings, inference_backend="triton"))
     else:
         backend = OnnxBackend(Path(settings.model_repository))
+    if args.walk_check:
+        return _walk_check(args, studies, backend, description, warnings)
     try:
         models = backend.model_versions()
         summary, _ = evaluate_cohort(studies, backend, settings, total=total, froc_threshold=args.froc_threshold)
@@ -98,5 +103,34 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _walk_check(args: argparse.Namespace, studies, backend, description: str, warnings: list[str]) -> int:
+    from node.cli import CommandError
+    from node.eval.report import LABEL
+    from node.eval.walkcheck import WALK_CHECK_MIN_MM, format_walk_check, summarize, walk_check
+    from node.inference.backend import InferenceError
+
+    min_mm = WALK_CHECK_MIN_MM if args.walk_min_mm is None else args.walk_min_mm
+    try:
+        models = backend.model_versions()
+        rows = walk_check(studies, backend, min_mm=min_mm)
+    except InferenceError as exc:
+        raise CommandError(f"inference failed: {exc}") from exc
+    finally:
+        backend.close()
+    if not rows:
+        raise CommandError(f"no lesion of {min_mm:g} mm or more in the cohort: add patients or lower --walk-min-mm")
+    summary = summarize(rows)
+    print(f"{LABEL}\ncohort: {description}\nsegmenter: {models.get('lesion_segmenter', '?')}")
+    for w in warnings:
+        print(f"warning: {w}")
+    print(format_walk_check(summary, min_mm))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"label": LABEL, "cohort": {"description": description}, "models": models,
+                                         "min_mm": min_mm, "summary": summary, "walks": rows}, indent=1))
         print(f"wrote {args.json}")
     return 0
