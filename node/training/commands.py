@@ -80,6 +80,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"unknown model {args.model!r}: use all or one or more (comma-separated) of {', '.join(MODELS)}")
     wanted = MODELS if "all" in names else tuple(m for m in MODELS if m in names)
     out = Path(args.out or settings.model_repository)
+    ssbr_onnx = out / "onnx" / "body_part_regressor.onnx"
+    if "lesion_embedder" in wanted and "body_part_regressor" not in wanted and not ssbr_onnx.is_file():
+        raise CommandError(
+            f"the embedder's z cue comes from the body-part regressor, read from {ssbr_onnx}, which is missing: "
+            f"train both (`ainode train ssbr,embedder --out {out}`), or copy a model repository there first "
+            f"(`cp -r triton_models {out}`)"
+        )
     torch.set_num_threads(max(1, args.threads))
 
     if args.deeplesion is not None:

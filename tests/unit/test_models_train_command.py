@@ -39,3 +39,12 @@ def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
 def test_train_rejects_unknown_models(capsys) -> None:
     assert main(["train", "lesion_classifier"]) == 1
     assert "lesion_classifier" in capsys.readouterr().err
+
+
+def test_training_the_embedder_alone_needs_the_body_part_regressor_in_the_repository(tmp_path: Path, capsys) -> None:
+    # The embedder's z cue comes from the SSBR read from --out: a fresh folder says so and how to
+    # fix it before any cohort is drawn, rather than "model_dir ... is not a folder" minutes later.
+    assert main(["train", "embedder", "--out", str(tmp_path / "scratch")]) == 1
+    err = capsys.readouterr().err
+    assert "body_part_regressor.onnx" in err and "ainode train ssbr,embedder" in err and "cp -r triton_models" in err
+    assert not (tmp_path / "scratch").exists()
