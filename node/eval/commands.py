@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--walk-check", action="store_true",
                    help="instead of the full evaluation: walk the segmenter from truth-placed starts (each large lesion's key slice and last slice), no detector; per lesion kind Dice, long-axis error, lost walks (a few seconds: screens segmenter weights)")
     p.add_argument("--walk-min-mm", type=float, default=None, help="--walk-check: lesions at least this long (default 25 mm)")
+    p.add_argument("--walk-png", type=Path, default=None,
+                   help="--walk-check: write the 12 worst walks as one PNG (widest slice, truth outlined green, walked mask red)")
     p.set_defaults(func=handle)
 
 
@@ -110,13 +112,20 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 def _walk_check(args: argparse.Namespace, studies, backend, description: str, warnings: list[str]) -> int:
     from node.cli import CommandError
     from node.eval.report import LABEL
-    from node.eval.walkcheck import WALK_CHECK_MIN_MM, format_walk_check, summarize, walk_check
+    from node.eval.walkcheck import (
+        WALK_CHECK_MIN_MM,
+        format_walk_check,
+        summarize,
+        walk_check,
+        walk_png,
+    )
     from node.inference.backend import InferenceError
 
     min_mm = WALK_CHECK_MIN_MM if args.walk_min_mm is None else args.walk_min_mm
     try:
         models = backend.model_versions()
-        rows = walk_check(studies, backend, min_mm=min_mm)
+        tiles: list | None = [] if args.walk_png is not None else None
+        rows = walk_check(studies, backend, min_mm=min_mm, tiles=tiles)
     except InferenceError as exc:
         raise CommandError(f"inference failed: {exc}") from exc
     finally:
@@ -133,4 +142,8 @@ def _walk_check(args: argparse.Namespace, studies, backend, description: str, wa
         args.json.write_text(json.dumps({"label": LABEL, "cohort": {"description": description}, "models": models,
                                          "min_mm": min_mm, "summary": summary, "walks": rows}, indent=1))
         print(f"wrote {args.json}")
+    if args.walk_png is not None:
+        args.walk_png.parent.mkdir(parents=True, exist_ok=True)
+        args.walk_png.write_bytes(walk_png(rows, tiles or []))
+        print(f"wrote {args.walk_png}")
     return 0

@@ -11,8 +11,10 @@ mask that runs into the organ around it costs tens of millimetres of long axis: 
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,10 +33,15 @@ STARTS = ("key", "end")
 
 
 def walk_check(
-    studies: Iterable[EvalStudy], backend: InferenceBackend, *, min_mm: float = WALK_CHECK_MIN_MM
+    studies: Iterable[EvalStudy],
+    backend: InferenceBackend,
+    *,
+    min_mm: float = WALK_CHECK_MIN_MM,
+    tiles: list[WalkTile] | None = None,
 ) -> list[dict]:
     """One row per (lesion of ``min_mm`` or more, start): the walk's widest-slice Dice against the
-    truth on that slice, and its long-axis error (mm, walked minus true; None without a mask)."""
+    truth on that slice, and its long-axis error (mm, walked minus true; None without a mask).
+    With ``tiles``, one ``WalkTile`` per row is appended there (for ``walk_png``)."""
     rows = []
     for study in studies:
         volume = study.volume
@@ -56,11 +63,20 @@ def walk_check(
             if not fits:
                 continue
             for (lesion, label), walked in zip(labels, walk_masks(backend, volume, fits), strict=True):
-                rows.append(_score(study, lesion, label, walked, start))
+                rows.append(_score(study, lesion, label, walked, start, tiles))
     return rows
 
 
-def _score(study: EvalStudy, lesion, label: np.ndarray, walked: dict, start: str) -> dict:
+@dataclass(frozen=True)
+class WalkTile:
+    """The walk's widest slice around one lesion: HU pixels, the truth and the walked mask."""
+
+    pixels: np.ndarray
+    truth: np.ndarray
+    walked: np.ndarray
+
+
+def _score(study: EvalStudy, lesion, label: np.ndarray, walked: dict, start: str, tiles: list[WalkTile] | None) -> dict:
     z = int(walked["key_slice"])
     key = np.zeros(label.shape[1:], dtype=bool)
     mask = walked["mask"]
@@ -71,6 +87,12 @@ def _score(study: EvalStudy, lesion, label: np.ndarray, walked: dict, start: str
     truth = label[z]
     dice = float(2 * (key & truth).sum() / max(int(key.sum() + truth.sum()), 1))
     axes = measure_recist(key, study.volume.spacing[1:]) if key.any() else None
+    if tiles is not None:
+        rr, cc = np.nonzero(truth | key) if (truth | key).any() else np.nonzero(label.any(axis=0))
+        pad = max(8, int(0.5 * max(np.ptp(rr), np.ptp(cc))))
+        r0, r1 = max(0, rr.min() - pad), min(key.shape[0], rr.max() + pad + 1)
+        c0, c1 = max(0, cc.min() - pad), min(key.shape[1], cc.max() + pad + 1)
+        tiles.append(WalkTile(study.volume.pixels[z, r0:r1, c0:c1].copy(), truth[r0:r1, c0:c1].copy(), key[r0:r1, c0:c1].copy()))
     return {
         "patient": study.patient,
         "timepoint": study.timepoint,
@@ -128,3 +150,36 @@ def format_walk_check(summary: dict, min_mm: float) -> str:
             )
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def walk_png(rows: list[dict], tiles: list[WalkTile], *, worst: int = 12, tile_px: int = 180) -> bytes:
+    """The ``worst`` walks by widest-slice Dice as one PNG: each the walk's widest slice (soft-tissue
+    window), the truth outlined in green, the walked mask in red, captioned with what was walked."""
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    if len(rows) != len(tiles):
+        raise ValueError(f"tiles: expected one per row ({len(rows)}), got {len(tiles)}")
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["dice"])[: max(1, worst)]
+    cols = min(4, len(order))
+    caption = 30
+    sheet = Image.new("RGB", (cols * tile_px, ((len(order) + cols - 1) // cols) * (tile_px + caption)), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for n, i in enumerate(order):
+        tile, row = tiles[i], rows[i]
+        grey = (np.clip((tile.pixels.astype(np.float32) + 160.0) / 400.0, 0, 1) * 255).astype(np.uint8)
+        rgb = np.stack([grey] * 3, axis=-1)
+        rgb[tile.walked] = (0.5 * rgb[tile.walked] + [127, 0, 0]).astype(np.uint8)
+        edge = tile.truth & ~ndimage.binary_erosion(tile.truth)
+        rgb[edge] = (0, 255, 0)
+        scale = tile_px / max(rgb.shape[:2])
+        image = Image.fromarray(rgb).resize((max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))), Image.NEAREST)
+        x, y = (n % cols) * tile_px, (n // cols) * (tile_px + caption)
+        sheet.paste(image, (x, y))
+        err = row["long_axis_error_mm"]
+        draw.text((x + 2, y + tile_px + 1), f"{row['patient']} t{row['timepoint']} {row['start']} {row['long_axis_mm']:.0f} mm", fill=(255, 255, 255))
+        draw.text((x + 2, y + tile_px + 14), f"{row['type']} {row['appearance']} D{row['dice']:.2f} "
+                  + ("no mask" if err is None else f"{err:+.0f} mm"), fill=(255, 255, 255))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()

@@ -52,7 +52,8 @@ def test_summary_counts_lost_walks_and_gross_errors():
 def test_eval_walk_check_command_prints_and_writes_json(tmp_path, capsys):
     out = tmp_path / "walk.json"
     rc = main(["--data-dir", str(tmp_path / "state"), "eval", "--walk-check", "--seed", "0", "--first-patient", "10002",
-               "--patients", "1", "--timepoints", "1", "--walk-min-mm", "20", "--json", str(out)])
+               "--patients", "1", "--timepoints", "1", "--walk-min-mm", "20", "--json", str(out),
+               "--walk-png", str(tmp_path / "walks.png")])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "synthetic-cohort figures, not clinical" in printed and "validation patients" in printed
@@ -60,3 +61,8 @@ def test_eval_walk_check_command_prints_and_writes_json(tmp_path, capsys):
     assert result["min_mm"] == 20 and result["walks"]
     assert all(r["long_axis_mm"] >= 20 for r in result["walks"])
     assert set(result["summary"]) == set(STARTS)
+    from PIL import Image
+
+    with Image.open(tmp_path / "walks.png") as image:  # one tile per walk (up to 12), 4 to a row
+        walks = min(12, len(result["walks"]))
+        assert image.size == (min(4, walks) * 180, ((walks + 3) // 4) * 210)
