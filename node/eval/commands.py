@@ -79,6 +79,11 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     else:
         backend = OnnxBackend(Path(settings.model_repository))
     if args.walk_check:
+        if args.cohort is None and (args.seed is None or args.seed == cohort_mod.HELD_OUT_COHORT_SEED):
+            warnings.append(
+                "this is the held-out cohort: to choose between segmenters, walk other patients "
+                "(--seed 0 --first-patient 10000 for the validation patients, 20000 and up for unseen ones)"
+            )
         return _walk_check(args, studies, backend, description, warnings)
     try:
         models = backend.model_versions()

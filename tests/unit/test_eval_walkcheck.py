@@ -66,3 +66,11 @@ def test_eval_walk_check_command_prints_and_writes_json(tmp_path, capsys):
     with Image.open(tmp_path / "walks.png") as image:  # one tile per walk (up to 12), 4 to a row
         walks = min(12, len(result["walks"]))
         assert image.size == (min(4, walks) * 180, ((walks + 3) // 4) * 210)
+
+
+def test_eval_walk_check_on_the_held_out_cohort_warns_against_choosing_by_it(tmp_path, capsys):
+    rc = main(["--data-dir", str(tmp_path / "state"), "eval", "--walk-check", "--patients", "1", "--timepoints", "1",
+               "--walk-min-mm", "5"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "warning: this is the held-out cohort" in printed and "--first-patient 10000" in printed
