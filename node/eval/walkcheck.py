@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from node.eval import metrics
 from node.eval.cohort import EvalStudy
 from node.inference.analyzer import Fit, SliceMask, walk_masks
 from node.inference.backend import InferenceBackend
@@ -45,25 +46,27 @@ def walk_check(
     rows = []
     for study in studies:
         volume = study.volume
-        lesions = [les for les in study.lesions if les.long_axis_mm >= min_mm]
-        for start in STARTS:
-            fits, labels = [], []
-            for lesion in lesions:
-                label = study.lesion_labels == lesion.label
-                present = np.flatnonzero(label.any(axis=(1, 2)))
-                if present.size == 0:
-                    continue
-                z = lesion.key_slice if start == "key" else int(present.max())
-                rr, cc = np.nonzero(label[z])
-                if rr.size == 0:
-                    continue
-                fits.append(Fit(key_slice=z, center_rc=(float(rr.mean()), float(cc.mean())),
-                                size_mm=SliceMask.of(label[z]).extent_mm(volume.spacing), box=None))
-                labels.append((lesion, label))
-            if not fits:
+        # Each lesion's voxels once, for both starts.
+        walks: dict[str, list[tuple[object, np.ndarray, Fit]]] = {start: [] for start in STARTS}
+        for lesion in study.lesions:
+            if lesion.long_axis_mm < min_mm:
                 continue
-            for (lesion, label), walked in zip(labels, walk_masks(backend, volume, fits), strict=True):
-                rows.append(_score(study, lesion, label, walked, start, tiles))
+            label = study.lesion_labels == lesion.label
+            present = np.flatnonzero(label.any(axis=(1, 2)))
+            if present.size == 0:
+                continue
+            for start, z in zip(STARTS, (lesion.key_slice, int(present.max())), strict=True):
+                place = SliceMask.of(label[z])
+                if place is None:
+                    continue
+                rr, cc = np.nonzero(label[z])
+                fit = Fit(key_slice=z, center_rc=(float(rr.mean()), float(cc.mean())), size_mm=place.extent_mm(volume.spacing), box=None)
+                walks[start].append((lesion, label, fit))
+        for start in STARTS:
+            if walks[start]:
+                walked = walk_masks(backend, volume, [fit for _, _, fit in walks[start]])
+                for (lesion, label, _), w in zip(walks[start], walked, strict=True):
+                    rows.append(_score(study, lesion, label, w, start, tiles))
     return rows
 
 
@@ -78,17 +81,15 @@ class WalkTile:
 
 def _score(study: EvalStudy, lesion, label: np.ndarray, walked: dict, start: str, tiles: list[WalkTile] | None) -> dict:
     z = int(walked["key_slice"])
-    key = np.zeros(label.shape[1:], dtype=bool)
-    mask = walked["mask"]
-    if mask is not None and mask.size:
-        off = walked["offset"]
-        km = mask[walked["key_m"]]
-        key[off[1] : off[1] + km.shape[0], off[2] : off[2] + km.shape[1]] = km[: key.shape[0] - off[1], : key.shape[1] - off[2]]
+    off = walked["offset"]
+    walked_key = SliceMask.of(walked["mask"][walked["key_m"]], off[1], off[2])  # None: the walk found nothing
+    key = np.zeros(label.shape[1:], dtype=bool) if walked_key is None else walked_key.within(0, 0, label.shape[1:])
     truth = label[z]
-    dice = float(2 * (key & truth).sum() / max(int(key.sum() + truth.sum()), 1))
-    axes = measure_recist(key, study.volume.spacing[1:]) if key.any() else None
+    dice = metrics.dice(key, truth)
+    axes = None if walked_key is None else measure_recist(key, study.volume.spacing[1:])
     if tiles is not None:
-        rr, cc = np.nonzero(truth | key) if (truth | key).any() else np.nonzero(label.any(axis=0))
+        either = truth | key
+        rr, cc = np.nonzero(either if either.any() else label.any(axis=0))
         pad = max(8, int(0.5 * max(np.ptp(rr), np.ptp(cc))))
         r0, r1 = max(0, rr.min() - pad), min(key.shape[0], rr.max() + pad + 1)
         c0, c1 = max(0, cc.min() - pad), min(key.shape[1], cc.max() + pad + 1)
