@@ -139,6 +139,9 @@ class Runner:
                 y = x[0]
                 for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
                     dim = y.shape[ax]
+                    if st == -1 and s in (-1, dim - 1) and e <= -dim - 1:  # the whole axis reversed (torch.flip)
+                        y = y.flip(ax)
+                        continue
                     e = min(e, dim) if e >= 0 else dim + e
                     s = s if s >= 0 else dim + s
                     y = y.narrow(ax, s, e - s)[(slice(None),) * ax + (slice(None, None, st),)]

@@ -219,18 +219,27 @@ def _ssbr_from_onnx(out: Path):
     return scores
 
 
+FLIP_NOTE = (
+    "exported flip-averaged (`node.training.export.flip_average`, version suffix `+flip`): the graph runs the network on "
+    "the image and on its left-right mirror and averages the answers; the validation figures below are the network's own"
+)
+
+
 def _write_card(out: Path, result, *, data_text: str, command: str, version: str, path: Path) -> None:
     cards = out / "cards"
     cards.mkdir(parents=True, exist_ok=True)
     params = sum(p.numel() for p in result.model.parameters())
+    from node.training.export import FLIP_AVERAGED
+
     figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in result.figures.items())
+    flip = f"\n- {FLIP_NOTE}" if result.name in FLIP_AVERAGED else ""
     text = f"""# {result.name}
 
 - version: `{version}`
 - file: `onnx/{path.name}` ({path.stat().st_size / 1024:.0f} kB, {params:,} parameters)
 - data: {data_text}
 - command: `{command}`
-- trained in {result.seconds:.0f} s on {platform.machine()} with torch threads as given ({result.samples} training samples)
+- trained in {result.seconds:.0f} s on {platform.machine()} with torch threads as given ({result.samples} training samples){flip}
 - figures are **synthetic-cohort numbers**, never clinical ones.
 
 | figure | value |

@@ -114,14 +114,105 @@ def test_onnx_export_matches_torch(tmp_path: Path, name: str, options: dict) -> 
     model = build(name, **options).eval()
     path = export.export_onnx(model, name, tmp_path / f"{name}.onnx", metadata={"version": "t1"})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert session.get_modelmeta().custom_metadata_map["version"] == f"t1-{export.weights_digest(onnx.load(str(path)))}"
+    flip = "+flip" if name in export.FLIP_AVERAGED else ""
+    assert session.get_modelmeta().custom_metadata_map["version"] == f"t1-{export.weights_digest(onnx.load(str(path)))}{flip}"
     feeds = {t.name: (np.random.default_rng(1).random((3, *t.dims)) * 100).astype(np.float32) for t in SPECS[name].inputs}
     got = session.run(None, feeds)
-    with torch.no_grad():
-        want = model(*(torch.from_numpy(v) for v in feeds.values()))
-    want = want if isinstance(want, tuple) else (want,)
+    want = _torch_answer(model, name, feeds)
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w.numpy(), atol=1e-4)
+        np.testing.assert_allclose(g, w, atol=1e-4)
+
+
+def _torch_answer(model: torch.nn.Module, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """What the exported graph must answer: the torch model, averaged with its answer on the
+    left-right mirror for the flip-averaged models (written out here, apart from the export)."""
+    def run(image_flip: bool) -> list[np.ndarray]:
+        args = [torch.from_numpy(v).flip(-1) if image_flip and k == "image" else torch.from_numpy(v) for k, v in feeds.items()]
+        with torch.no_grad():
+            out = model(*args)
+        return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+    direct = run(False)
+    if name not in export.FLIP_AVERAGED:
+        return direct
+    mirror = run(True)
+    if name == "lesion_embedder":
+        total = direct[0] + mirror[0]
+        return [total / np.linalg.norm(total, axis=1, keepdims=True), (direct[1] + mirror[1]) / 2]
+    back = [m[..., ::-1].copy() for m in mirror]
+    if name == "lesion_detector":
+        back[2][:, 1] = 1.0 - back[2][:, 1]  # offset within the cell, column: c -> 1 - c
+    return [(d + b) / 2 for d, b in zip(direct, back, strict=True)]
+
+
+@pytest.mark.parametrize("name", ["lesion_detector", "lesion_segmenter"])
+def test_flip_averaged_graph_answers_a_mirrored_image_with_the_mirrored_answer(name: str) -> None:
+    # Averaging over the mirror makes the model exactly left-right equivariant, so a lesion and
+    # its mirror image get the same score, size and mask (mirrored).
+    torch.manual_seed(0)
+    proto = export.flip_average(_torchscript_onnx(build(name).eval(), name), name)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    image = (np.random.default_rng(2).random((2, *SPECS[name].inputs[0].dims)) * 255).astype(np.float32)
+    direct = session.run(None, {"image": image})
+    mirror = session.run(None, {"image": np.ascontiguousarray(image[..., ::-1])})
+    for i, (d, m) in enumerate(zip(direct, mirror, strict=True)):
+        m = m[..., ::-1].copy()
+        if name == "lesion_detector" and i == 2:
+            m[:, 1] = 1.0 - m[:, 1]
+        np.testing.assert_allclose(d, m, atol=1e-5)
+
+
+def _torchscript_onnx(model: torch.nn.Module, name: str) -> onnx.ModelProto:
+    """``model`` as the exporter writes it, before ``export_onnx``'s own steps."""
+    import io
+
+    spec = SPECS[name]
+    buffer = io.BytesIO()
+    torch.onnx.export(model, tuple(torch.rand(2, *t.dims) * 100 for t in spec.inputs), buffer,
+                      input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                      dynamic_axes={t.name: {0: "batch"} for t in (*spec.inputs, *spec.outputs)},
+                      opset_version=export.OPSET, dynamo=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def test_flip_average_keeps_the_weights_and_refuses_a_second_pass() -> None:
+    torch.manual_seed(0)
+    proto = _torchscript_onnx(build("lesion_segmenter").eval(), "lesion_segmenter")
+    digest, weights = export.weights_digest(proto), len(proto.graph.initializer)
+    averaged = export.flip_average(proto, "lesion_segmenter")
+    assert export.is_flip_averaged(averaged)
+    assert export.weights_digest(averaged) == digest and len(averaged.graph.initializer) == weights
+    with pytest.raises(ValueError, match="already flip-averaged"):
+        export.flip_average(averaged, "lesion_segmenter")
+    with pytest.raises(ValueError, match="flip averaging"):
+        export.flip_average(averaged, "body_part_regressor")
+
+
+def test_fix_onnx_file_flip_averages_an_earlier_export_once(tmp_path: Path) -> None:
+    # How the committed detector and embedder (exported before flip averaging) were brought up to
+    # date: the same weights and digest, the version marked +flip, a second run changes nothing.
+    torch.manual_seed(0)
+    proto = _torchscript_onnx(build("lesion_detector").eval(), "lesion_detector")
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "version", "t1"
+    path = tmp_path / "lesion_detector.onnx"
+    onnx.save(proto, str(path))
+    export.fix_onnx_file(path, "lesion_detector")
+    once = path.read_bytes()
+    export.fix_onnx_file(path, "lesion_detector")
+    assert path.read_bytes() == once
+    fixed = onnx.load(str(path))
+    assert export.is_flip_averaged(fixed)
+    assert {e.key: e.value for e in fixed.metadata_props}["version"] == f"t1-{export.weights_digest(proto)}+flip"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_committed_model_is_flip_averaged_as_its_export_would_be(name: str) -> None:
+    path = Path(__file__).resolve().parents[2] / "triton_models" / "onnx" / f"{name}.onnx"
+    proto = onnx.load(str(path))
+    assert export.is_flip_averaged(proto) == (name in export.FLIP_AVERAGED)
+    version = {e.key: e.value for e in proto.metadata_props}["version"]
+    assert version.endswith(f"{export.weights_digest(proto)}{'+flip' if name in export.FLIP_AVERAGED else ''}")
 
 
 def test_objectness_head_scores_a_peak_by_objectness_and_types_it_by_the_classifier() -> None:
