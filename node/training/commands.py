@@ -226,11 +226,11 @@ FLIP_NOTE = (
 
 
 def _write_card(out: Path, result, *, data_text: str, command: str, version: str, path: Path) -> None:
+    from node.training.export import FLIP_AVERAGED
+
     cards = out / "cards"
     cards.mkdir(parents=True, exist_ok=True)
     params = sum(p.numel() for p in result.model.parameters())
-    from node.training.export import FLIP_AVERAGED
-
     figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in result.figures.items())
     flip = f"\n- {FLIP_NOTE}" if result.name in FLIP_AVERAGED else ""
     text = f"""# {result.name}
