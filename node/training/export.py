@@ -26,14 +26,9 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 
 
-def export_onnx(
-    model: torch.nn.Module,
-    name: str,
-    path: Path,
-    *,
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch dimension and the tensor names of ``SPECS``."""
+def onnx_proto(model: torch.nn.Module, name: str) -> onnx.ModelProto:
+    """``model`` as torch's exporter writes it (dynamic batch, ``SPECS``' tensor names), before
+    ``export_onnx``'s own steps."""
     if name not in SPECS:
         raise ValueError(f"name: unknown model {name!r}")
     spec = SPECS[name]
@@ -54,10 +49,19 @@ def export_onnx(
             opset_version=OPSET,
             dynamo=False,
         )
-    proto = onnx.load_from_string(buffer.getvalue())
-    if name in FLIP_AVERAGED:
-        proto = flip_average(proto, name)
-    set_io_shapes(proto, spec)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    name: str,
+    path: Path,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model`` as ONNX with a dynamic batch dimension and the tensor names of ``SPECS``."""
+    proto = _average_if_chosen(onnx_proto(model, name), name)
+    set_io_shapes(proto, SPECS[name])
     proto.doc_string = f"ainode {name}"
     for key, value in sorted((metadata or {}).items()):
         entry = proto.metadata_props.add()
@@ -115,18 +119,10 @@ def flip_average(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
         b.input[:] = [mirrored(direct.get(i, i)) for i in node.input]
         b.output[:] = [MIRROR + direct.get(o, o) for o in node.output]
         nodes += [a, b]
+    spatial = {t.name for t in SPECS[name].outputs if len(t.dims) == 3}  # (C, H, W): mirror the second pass back
     for out in outputs:
         first, second = direct[out], MIRROR + direct[out]
-        if name == "lesion_embedder" and out == "embedding":
-            nodes += [
-                onnx.helper.make_node("Add", [first, second], [f"sum/{out}"]),
-                onnx.helper.make_node("ReduceL2", [f"sum/{out}"], [f"norm/{out}"], axes=[1], keepdims=1),
-                _constant(f"eps/{out}", np.array(1e-12, np.float32)),
-                onnx.helper.make_node("Max", [f"norm/{out}", f"eps/{out}"], [f"clip/{out}"]),
-                onnx.helper.make_node("Div", [f"sum/{out}", f"clip/{out}"], [out]),
-            ]
-            continue
-        if name != "lesion_embedder":  # spatial outputs: mirror the second pass back
+        if out in spatial:
             nodes += _flip_nodes(second, f"back/{out}", axis=3)
             second = f"back/{out}"
         if name == "lesion_detector" and out == "offset":  # column offset c -> 1 - c
@@ -137,17 +133,32 @@ def flip_average(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
                 onnx.helper.make_node("Add", [f"signed/{out}", f"shift/{out}"], [f"fixed/{out}"]),
             ]
             second = f"fixed/{out}"
-        nodes += [
-            onnx.helper.make_node("Add", [first, second], [f"sum/{out}"]),
-            _constant(f"half/{out}", np.array(0.5, np.float32)),
-            onnx.helper.make_node("Mul", [f"sum/{out}", f"half/{out}"], [out]),
-        ]
+        nodes.append(onnx.helper.make_node("Add", [first, second], [f"sum/{out}"]))
+        if name == "lesion_embedder" and out == "embedding":  # the normalised sum
+            nodes += [
+                onnx.helper.make_node("ReduceL2", [f"sum/{out}"], [f"norm/{out}"], axes=[1], keepdims=1),
+                _constant(f"eps/{out}", np.array(1e-12, np.float32)),
+                onnx.helper.make_node("Max", [f"norm/{out}", f"eps/{out}"], [f"clip/{out}"]),
+                onnx.helper.make_node("Div", [f"sum/{out}", f"clip/{out}"], [out]),
+            ]
+        else:  # the mean
+            nodes += [
+                _constant(f"half/{out}", np.array(0.5, np.float32)),
+                onnx.helper.make_node("Mul", [f"sum/{out}", f"half/{out}"], [out]),
+            ]
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # the exporter's intermediate shapes name the direct pass only
     entry = proto.metadata_props.add()
     entry.key = "test_time_augmentation"
     entry.value = "mean of the image and its left-right mirror"
+    return proto
+
+
+def _average_if_chosen(proto: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``flip_average`` for the models of ``FLIP_AVERAGED`` whose graph is not averaged yet."""
+    if name in FLIP_AVERAGED and not is_flip_averaged(proto):
+        return flip_average(proto, name)
     return proto
 
 
@@ -208,9 +219,7 @@ def _stamp(proto: onnx.ModelProto) -> None:
 def fix_onnx_file(path: Path, name: str) -> None:
     """Bring an ONNX file written by an earlier export up to date in place: ``flip_average`` (once)
     for the flip-averaged models, ``set_io_shapes`` and the version's weights digest."""
-    proto = onnx.load(str(path))
-    if name in FLIP_AVERAGED and not is_flip_averaged(proto):
-        proto = flip_average(proto, name)
+    proto = _average_if_chosen(onnx.load(str(path)), name)
     set_io_shapes(proto, SPECS[name])
     _stamp(proto)
     onnx.checker.check_model(proto)

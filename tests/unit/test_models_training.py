@@ -139,10 +139,16 @@ def _torch_answer(model: torch.nn.Module, name: str, feeds: dict[str, np.ndarray
     if name == "lesion_embedder":
         total = direct[0] + mirror[0]
         return [total / np.linalg.norm(total, axis=1, keepdims=True), (direct[1] + mirror[1]) / 2]
-    back = [m[..., ::-1].copy() for m in mirror]
+    return [(d + b) / 2 for d, b in zip(direct, _mirrored_back(mirror, name), strict=True)]
+
+
+def _mirrored_back(outputs: list[np.ndarray], name: str) -> list[np.ndarray]:
+    """Spatial answers to a mirrored image, mapped back onto the image (the detector's column
+    offset within a cell: c -> 1 - c)."""
+    back = [o[..., ::-1].copy() for o in outputs]
     if name == "lesion_detector":
-        back[2][:, 1] = 1.0 - back[2][:, 1]  # offset within the cell, column: c -> 1 - c
-    return [(d + b) / 2 for d, b in zip(direct, back, strict=True)]
+        back[2][:, 1] = 1.0 - back[2][:, 1]
+    return back
 
 
 @pytest.mark.parametrize("name", ["lesion_detector", "lesion_segmenter"])
@@ -150,34 +156,18 @@ def test_flip_averaged_graph_answers_a_mirrored_image_with_the_mirrored_answer(n
     # Averaging over the mirror makes the model exactly left-right equivariant, so a lesion and
     # its mirror image get the same score, size and mask (mirrored).
     torch.manual_seed(0)
-    proto = export.flip_average(_torchscript_onnx(build(name).eval(), name), name)
+    proto = export.flip_average(export.onnx_proto(build(name), name), name)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     image = (np.random.default_rng(2).random((2, *SPECS[name].inputs[0].dims)) * 255).astype(np.float32)
     direct = session.run(None, {"image": image})
     mirror = session.run(None, {"image": np.ascontiguousarray(image[..., ::-1])})
-    for i, (d, m) in enumerate(zip(direct, mirror, strict=True)):
-        m = m[..., ::-1].copy()
-        if name == "lesion_detector" and i == 2:
-            m[:, 1] = 1.0 - m[:, 1]
+    for d, m in zip(direct, _mirrored_back(mirror, name), strict=True):
         np.testing.assert_allclose(d, m, atol=1e-5)
-
-
-def _torchscript_onnx(model: torch.nn.Module, name: str) -> onnx.ModelProto:
-    """``model`` as the exporter writes it, before ``export_onnx``'s own steps."""
-    import io
-
-    spec = SPECS[name]
-    buffer = io.BytesIO()
-    torch.onnx.export(model, tuple(torch.rand(2, *t.dims) * 100 for t in spec.inputs), buffer,
-                      input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-                      dynamic_axes={t.name: {0: "batch"} for t in (*spec.inputs, *spec.outputs)},
-                      opset_version=export.OPSET, dynamo=False)
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def test_flip_average_keeps_the_weights_and_refuses_a_second_pass() -> None:
     torch.manual_seed(0)
-    proto = _torchscript_onnx(build("lesion_segmenter").eval(), "lesion_segmenter")
+    proto = export.onnx_proto(build("lesion_segmenter"), "lesion_segmenter")
     digest, weights = export.weights_digest(proto), len(proto.graph.initializer)
     averaged = export.flip_average(proto, "lesion_segmenter")
     assert export.is_flip_averaged(averaged)
@@ -192,7 +182,7 @@ def test_fix_onnx_file_flip_averages_an_earlier_export_once(tmp_path: Path) -> N
     # How the committed detector and embedder (exported before flip averaging) were brought up to
     # date: the same weights and digest, the version marked +flip, a second run changes nothing.
     torch.manual_seed(0)
-    proto = _torchscript_onnx(build("lesion_detector").eval(), "lesion_detector")
+    proto = export.onnx_proto(build("lesion_detector"), "lesion_detector")
     entry = proto.metadata_props.add()
     entry.key, entry.value = "version", "t1"
     path = tmp_path / "lesion_detector.onnx"
