@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="detector heatmap: typed (one per lesion type, CenterNet's) or objectness (one type-blind heatmap "
                         "and a type classifier, on the same output tensors; default typed)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
-    p.add_argument("--segmenter-large-lesions", type=int, default=1,
-                   help="segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default 1)")
+    p.add_argument("--segmenter-large-lesions", type=int, default=5,
+                   help="segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default 5: large lesions are "
+                        "few in the cohort, and at 1 large kidney masses were cut down to their necrotic core; see the segmenter's card)")
     p.add_argument("--segmenter-size-jitter", type=_pair, default=(0.8, 1.25), metavar="LOW,HIGH",
                    help="segmenter: a training crop's box side is the lesion's times a factor drawn from LOW..HIGH, as a "
                         "detector's box is too small or too large (default 0.8,1.25; the detector's boxes were 0.46-0.55x the lesion at the "
