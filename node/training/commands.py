@@ -19,6 +19,12 @@ MODELS = ("body_part_regressor", "lesion_detector", "lesion_segmenter", "lesion_
 ALIASES = {"ssbr": "body_part_regressor", "detector": "lesion_detector", "segmenter": "lesion_segmenter", "embedder": "lesion_embedder"}
 
 
+# The committed segmenter's crops per lesion of 30 mm or more, as a multiple of the others'
+# (`--segmenter-large-lesions`; train_lesion_segmenter's default): at 1 large kidney masses were
+# cut down to their necrotic core.
+SEGMENTER_LARGE_LESIONS = 5
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train the lesion models (needs the `train` extra: torch, onnx)")
     p.add_argument("model", nargs="?", default="all", help=f"all, or one or more (comma-separated) of {', '.join(MODELS)} (aliases: {', '.join(ALIASES)})")
@@ -44,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="detector heatmap: typed (one per lesion type, CenterNet's) or objectness (one type-blind heatmap "
                         "and a type classifier, on the same output tensors; default typed)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
-    p.add_argument("--segmenter-large-lesions", type=int, default=5,
-                   help="segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default 5: large lesions are "
-                        "few in the cohort, and at 1 large kidney masses were cut down to their necrotic core; see the segmenter's card)")
+    p.add_argument("--segmenter-large-lesions", type=int, default=SEGMENTER_LARGE_LESIONS,
+                   help=f"segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default {SEGMENTER_LARGE_LESIONS}: "
+                        "large lesions are few in the cohort, and at 1 large kidney masses were cut down to their necrotic core; see the segmenter's card)")
     p.add_argument("--segmenter-size-jitter", type=_pair, default=(0.8, 1.25), metavar="LOW,HIGH",
                    help="segmenter: a training crop's box side is the lesion's times a factor drawn from LOW..HIGH, as a "
                         "detector's box is too small or too large (default 0.8,1.25; the detector's boxes were 0.46-0.55x the lesion at the "

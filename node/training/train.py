@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from node.inference import preprocess as pp
 from node.inference.analyzer import SliceMask, body_mask, box_crop, embedder_input
+from node.training.commands import SEGMENTER_LARGE_LESIONS
 from node.training.datasets import TYPE_ORDER, TrainStudy, lesion_mask_2d
 from node.training.models import NUM_TYPES, build
 
@@ -452,7 +453,7 @@ def train_lesion_segmenter(
     batch_size: int = 32,
     progress: bool = True,
     validation: Sequence[TrainStudy] = (),
-    large_lesions: int = 1,
+    large_lesions: int = SEGMENTER_LARGE_LESIONS,
     jitter: CropJitter = CropJitter(),
 ) -> TrainResult:
     t0 = time.perf_counter()
