@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply epochs/steps (0.2 for a quick smoke run)")
     p.add_argument("--detector-epochs", type=int, default=24, help="detector epochs (default 24)")
     p.add_argument("--detector-per-lesion", type=int, default=5, help="detector windows per lesion (default 5)")
+    p.add_argument("--detector-small-lesions", type=int, default=1,
+                   help="detector: windows per lesion under 12 mm, as a multiple of the others' (default 1)")
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
     p.add_argument("--detector-head", choices=("typed", "objectness"), default="typed",
                    help="detector heatmap: typed (one per lesion type, CenterNet's) or objectness (one type-blind heatmap "
@@ -148,6 +150,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         elif model_name == "lesion_detector":
             result = train.train_lesion_detector(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
                 per_lesion=args.detector_per_lesion, negatives=args.detector_negatives, head=args.detector_head,
+                small_lesions=args.detector_small_lesions,
             )
         elif model_name == "lesion_segmenter":
             result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation,

@@ -229,10 +229,19 @@ def detector_targets(objects: list[tuple[int, np.ndarray]], size: int) -> dict[s
     return {"heat": heat, "wh": wh, "off": off, "reg": reg, "wh_mask": wh_mask}
 
 
+SMALL_LESION_MM = 12.0
+
+
 def detector_samples(
-    studies: Sequence[TrainStudy], *, rng: np.random.Generator, per_lesion: int = 3, negatives: int = 2
+    studies: Sequence[TrainStudy],
+    *,
+    rng: np.random.Generator,
+    per_lesion: int = 3,
+    negatives: int = 2,
+    small_lesions: int = 1,
 ) -> list[dict[str, np.ndarray]]:
-    """Training windows: 9 canvas slices cropped to 128x128 with their targets (float16 images)."""
+    """Training windows: 9 canvas slices cropped to 128x128 with their targets (float16 images);
+    ``per_lesion`` per lesion, ``small_lesions`` times as many for a lesion under SMALL_LESION_MM."""
     samples = []
     half = DETECTOR_CROP // 2
     for study in studies:
@@ -242,7 +251,7 @@ def detector_samples(
         for lesion in study.lesions:
             kc, rc, cc = canvas.from_volume(lesion.key_slice, (lesion.box[1] + lesion.box[3]) / 2, (lesion.box[0] + lesion.box[2]) / 2)
             reach = 1 if study.labels is None else max(1, int(lesion.long_axis_mm / 2 / pp.SLICE_MM * 0.6))
-            for _ in range(per_lesion):
+            for _ in range(per_lesion * (max(1, small_lesions) if lesion.long_axis_mm < SMALL_LESION_MM else 1)):
                 dk = 0 if study.labels is None else int(rng.integers(-reach, reach + 1))
                 keys.append((int(np.clip(round(kc) + dk, 0, n - 1)), (rc, cc)))
         for _ in range(negatives):
@@ -284,13 +293,14 @@ def train_lesion_detector(
     validation: Sequence[TrainStudy] = (),
     per_lesion: int = 3,
     negatives: int = 2,
+    small_lesions: int = 1,
     head: str = "typed",
 ) -> TrainResult:
     """CenterNet training of the detector (``head``: ``LesionDetector``'s). The objectness head
     learns the type-blind heatmap (the largest of the typed targets) with the same focal loss, and
     the type by cross-entropy on the cells that hold a lesion's centre."""
     t0 = time.perf_counter()
-    samples = detector_samples(studies, rng=rng, per_lesion=per_lesion, negatives=negatives)
+    samples = detector_samples(studies, rng=rng, per_lesion=per_lesion, negatives=negatives, small_lesions=small_lesions)
     model = build("lesion_detector", head=head)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     total = epochs * ((len(samples) + batch_size - 1) // batch_size)

@@ -257,6 +257,19 @@ def test_segmenter_samples_can_weigh_large_lesions() -> None:
     assert len(three) == len(one) + 2 * 2 * large
 
 
+def test_detector_samples_can_weigh_small_lesions() -> None:
+    # `--detector-small-lesions N`: N times the windows for a lesion under 12 mm, the same number
+    # for the others and the same negatives.
+    from node.training import datasets
+
+    studies = list(datasets.synthetic_studies(range(3), medium_every=0))
+    small = sum(1 for s in studies for les in s.lesions if les.long_axis_mm < train.SMALL_LESION_MM)
+    assert 0 < small < sum(len(s.lesions) for s in studies)
+    one = train.detector_samples(studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1)
+    three = train.detector_samples(studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1, small_lesions=3)
+    assert len(three) == len(one) + 2 * 2 * small
+
+
 def test_segmenter_crop_jitter_sets_how_much_of_the_crop_a_lesion_fills() -> None:
     # `--segmenter-size-jitter LOW,HIGH`: a detector box half the lesion's size gives a crop the
     # lesion fills; the training crops can be drawn that way too (default: 0.8..1.25).
