@@ -32,10 +32,10 @@ MIN_EXTENT_MM = 16.0
 MAX_SLICE_MM = 5.0
 # Where the segmenter's probability is cut. Chosen per segmenter by `ainode eval --walk-check` on
 # the validation patients (10000+) and unseen ones (20000+), never the held-out cohort: for
-# `f19d1d81` 0.4 (long-axis MAE 1.37 / 1.58 mm from truth-placed starts; at 0.2 long axes came out
-# about 1 mm long). The segmenter before it measured 2.5 mm short at 0.5, hence 0.2 then. See the
-# segmenter's model card.
-MASK_THRESHOLD = 0.4
+# `922c1a60` 0.3 (long-axis MAE 1.26 / 1.38 mm from truth-placed starts, Dice 0.866 / 0.897; at 0.4
+# 1.32 / 1.42 mm and 0.7 / 0.3 mm short on average). `f19d1d81` took 0.4 (at 0.2 about 1 mm long),
+# `60362ff7` 0.2 (2.5 mm short at 0.5). See the segmenter's model card.
+MASK_THRESHOLD = 0.3
 FIT_ROUNDS = 3  # key-slice re-segmentations on a larger crop when the mask fills the crop
 FIT_FILL = 0.7  # ... that is, when the mask's larger side exceeds this share of the crop's side
 PIXEL_MM_RANGE = (0.4, 5.0)  # the small synthetic preset reaches 4.8 mm

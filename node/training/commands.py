@@ -21,8 +21,8 @@ ALIASES = {"ssbr": "body_part_regressor", "detector": "lesion_detector", "segmen
 
 # The committed segmenter's crops per lesion of 30 mm or more, as a multiple of the others'
 # (`--segmenter-large-lesions`; train_lesion_segmenter's default): at 1 large kidney masses were
-# cut down to their necrotic core.
-SEGMENTER_LARGE_LESIONS = 5
+# cut down to their necrotic core; 5 kept part of it out, 8 less so (the segmenter's card).
+SEGMENTER_LARGE_LESIONS = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
