@@ -12,17 +12,13 @@ import sys
 from pathlib import Path
 
 from node.config import Settings
+from node.training.datasets import LARGE_LESION_MM, SEGMENTER_LARGE_LESIONS, SMALL_LESION_MM
 
 logger = logging.getLogger(__name__)
 
 MODELS = ("body_part_regressor", "lesion_detector", "lesion_segmenter", "lesion_embedder")
 ALIASES = {"ssbr": "body_part_regressor", "detector": "lesion_detector", "segmenter": "lesion_segmenter", "embedder": "lesion_embedder"}
 
-
-# The committed segmenter's crops per lesion of 30 mm or more, as a multiple of the others'
-# (`--segmenter-large-lesions`; train_lesion_segmenter's default): at 1 large kidney masses were
-# cut down to their necrotic core; 5 kept part of it out, 8 less so (the segmenter's card).
-SEGMENTER_LARGE_LESIONS = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detector-epochs", type=int, default=24, help="detector epochs (default 24)")
     p.add_argument("--detector-per-lesion", type=int, default=5, help="detector windows per lesion (default 5)")
     p.add_argument("--detector-small-lesions", type=int, default=1,
-                   help="detector: windows per lesion under 12 mm, as a multiple of the others' (default 1, the committed recipe; "
+                   help=f"detector: windows per lesion under {SMALL_LESION_MM:g} mm, as a multiple of the others' (default 1, the committed recipe; "
                         "3 found more lesions per volume but fewer on their key slices: see the detector's card)")
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
     p.add_argument("--detector-head", choices=("typed", "objectness"), default="typed",
@@ -54,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "and a type classifier, on the same output tensors; default typed)")
     p.add_argument("--segmenter-epochs", type=int, default=20, help="segmenter epochs (default 20)")
     p.add_argument("--segmenter-large-lesions", type=int, default=SEGMENTER_LARGE_LESIONS,
-                   help=f"segmenter: crops per lesion of 30 mm or more, as a multiple of the others' (default {SEGMENTER_LARGE_LESIONS}: "
+                   help=f"segmenter: crops per lesion of {LARGE_LESION_MM:g} mm or more, as a multiple of the others' (default {SEGMENTER_LARGE_LESIONS}: "
                         "large lesions are few in the cohort, and at 1 large kidney masses were cut down to their necrotic core; see the segmenter's card)")
     p.add_argument("--segmenter-size-jitter", type=_pair, default=(0.8, 1.25), metavar="LOW,HIGH",
                    help="segmenter: a training crop's box side is the lesion's times a factor drawn from LOW..HIGH, as a "

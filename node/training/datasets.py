@@ -27,6 +27,21 @@ logger = logging.getLogger(__name__)
 
 TYPE_ORDER: tuple[LesionType, ...] = tuple(LesionType)  # the models' class order
 
+# Size classes the sample builders can weigh (`ainode train --detector-small-lesions N`,
+# `--segmenter-large-lesions N`: N times a lesion's windows or crops); kept here, without torch,
+# so the CLI's defaults and help read the same numbers as training.
+SMALL_LESION_MM = 12.0  # detector: long axis under this
+LARGE_LESION_MM = 30.0  # segmenter: key-slice extent of this or more
+# The committed segmenter's multiple for large lesions (the CLI's default and
+# train_lesion_segmenter's): at 1 large kidney masses were cut down to their necrotic core; 5 kept
+# part of it out, 8 less so (the segmenter's card).
+SEGMENTER_LARGE_LESIONS = 8
+
+
+def windows_per_lesion(per_lesion: int, multiple: int, weighed: bool) -> int:
+    """``per_lesion`` samples, ``multiple`` times as many (at least once) where ``weighed``."""
+    return per_lesion * (max(1, multiple) if weighed else 1)
+
 #: DeepLesion's Coarse_lesion_type codes 1..8.
 DEEPLESION_TYPES: dict[int, LesionType] = {
     1: LesionType.BONE,

@@ -19,8 +19,15 @@ from tqdm import tqdm
 
 from node.inference import preprocess as pp
 from node.inference.analyzer import SliceMask, body_mask, box_crop, embedder_input
-from node.training.commands import SEGMENTER_LARGE_LESIONS
-from node.training.datasets import TYPE_ORDER, TrainStudy, lesion_mask_2d
+from node.training.datasets import (
+    LARGE_LESION_MM,
+    SEGMENTER_LARGE_LESIONS,
+    SMALL_LESION_MM,
+    TYPE_ORDER,
+    TrainStudy,
+    lesion_mask_2d,
+    windows_per_lesion,
+)
 from node.training.models import NUM_TYPES, build
 
 logger = logging.getLogger(__name__)
@@ -229,9 +236,6 @@ def detector_targets(objects: list[tuple[int, np.ndarray]], size: int) -> dict[s
     return {"heat": heat, "wh": wh, "off": off, "reg": reg, "wh_mask": wh_mask}
 
 
-SMALL_LESION_MM = 12.0
-
-
 def detector_samples(
     studies: Sequence[TrainStudy],
     *,
@@ -251,7 +255,7 @@ def detector_samples(
         for lesion in study.lesions:
             kc, rc, cc = canvas.from_volume(lesion.key_slice, (lesion.box[1] + lesion.box[3]) / 2, (lesion.box[0] + lesion.box[2]) / 2)
             reach = 1 if study.labels is None else max(1, int(lesion.long_axis_mm / 2 / pp.SLICE_MM * 0.6))
-            for _ in range(per_lesion * (max(1, small_lesions) if lesion.long_axis_mm < SMALL_LESION_MM else 1)):
+            for _ in range(windows_per_lesion(per_lesion, small_lesions, lesion.long_axis_mm < SMALL_LESION_MM)):
                 dk = 0 if study.labels is None else int(rng.integers(-reach, reach + 1))
                 keys.append((int(np.clip(round(kc) + dk, 0, n - 1)), (rc, cc)))
         for _ in range(negatives):
@@ -407,9 +411,6 @@ def _crop_mask(mask: np.ndarray, spacing: tuple[float, float, float], centre: tu
     return ndimage.map_coordinates(mask.astype(np.float32), grid, order=1, mode="constant") >= 0.5
 
 
-LARGE_LESION_MM = 30.0
-
-
 @dataclass(frozen=True, kw_only=True)
 class CropJitter:
     """How far a segmenter training crop strays from the lesion, as the detector's box does at
@@ -439,7 +440,7 @@ def segmenter_samples(
             rr, cc = np.nonzero(key_mask)
             size_mm = SliceMask.of(key_mask).extent_mm(study.spacing)
             reach = 0 if study.labels is None else int(np.ceil(0.75 * size_mm / study.spacing[0])) + 1
-            for i in range(per_lesion * (max(1, large_lesions) if size_mm >= LARGE_LESION_MM else 1)):
+            for i in range(windows_per_lesion(per_lesion, large_lesions, size_mm >= LARGE_LESION_MM)):
                 s = lesion.key_slice if i == 0 or reach == 0 else int(np.clip(lesion.key_slice + rng.integers(-reach, reach + 1), 0, study.pixels.shape[0] - 1))
                 mask = lesion_mask_2d(study, lesion, s)
                 if mask.any():
