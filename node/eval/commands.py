@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="in-memory cohort: the synthetic cohort's version (default the newest, 3; 2 lets lymph nodes touch organs, 1 also lets lesions overlap and lung lesions fall in the heart)")
     p.add_argument("--slices", type=int, default=None, help="in-memory cohort: slices per study, centred on its coverage (quick look; default: whole coverage)")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+    p.add_argument("--lesions", type=Path, default=None, metavar="CSV",
+                   help="write one row per truth lesion to this CSV file: key-slice result (hit, box IoU < 0.5, missed) with best IoU and score, "
+                        "whether the analyzer found it, Dice and signed RECIST errors (which lesions the figures lose)")
     p.add_argument("--backend", choices=("onnx", "triton"), default="onnx", help="onnx: in-process ONNX Runtime (default); triton: the running Triton")
     p.add_argument("--froc-threshold", type=float, default=0.05, help="lowest detector score kept for the FROC (default 0.05)")
     p.add_argument("--walk-check", action="store_true",
@@ -46,6 +49,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     from node.inference.backend import InferenceError, OnnxBackend, open_backend
     from node.synth.lesions import COHORT_VERSION
 
+    if args.walk_check and args.lesions is not None:
+        raise CommandError("--lesions reports the full evaluation; --walk-check writes its per-lesion walks with --json")
     warnings = []
     if args.cohort is not None:
         folders = cohort_mod.study_folders(args.cohort)
@@ -87,7 +92,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         return _walk_check(args, studies, backend, description, warnings)
     try:
         models = backend.model_versions()
-        summary, _ = evaluate_cohort(studies, backend, settings, total=total, froc_threshold=args.froc_threshold)
+        summary, scores = evaluate_cohort(studies, backend, settings, total=total, froc_threshold=args.froc_threshold)
     except InferenceError as exc:
         hint = " (start the stack with `ainode up`, or use --backend onnx)" if args.backend == "triton" else ""
         raise CommandError(f"inference failed: {exc}{hint}") from exc
@@ -111,7 +116,23 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
+    if args.lesions is not None:
+        _write_lesions(args.lesions, [row for s in scores for row in s.lesions])
+        print(f"wrote {args.lesions}")
     return 0
+
+
+def _write_lesions(path: Path, rows: list[dict[str, object]]) -> None:
+    """The per-lesion report as CSV (``node.eval.runner.LESION_COLUMNS``; empty cells for none)."""
+    import csv
+
+    from node.eval.runner import LESION_COLUMNS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LESION_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: "" if row[k] is None else row[k] for k in LESION_COLUMNS} for row in rows)
 
 
 def _walk_check(args: argparse.Namespace, studies, backend, description: str, warnings: list[str]) -> int:

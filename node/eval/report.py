@@ -91,6 +91,10 @@ def _fmt(value: object, unit: str = "", digits: int = 3) -> str:
     return f"{value}{' ' + unit if unit else ''}"
 
 
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
 def format_table(result: dict) -> str:
     """The human-readable report of ``ainode eval`` (``result`` as written to JSON)."""
     s = result["summary"]
@@ -145,6 +149,14 @@ def format_table(result: dict) -> str:
             f"  tune_thresholds on this cohort would choose t1={t['t1']:g}, t2={t['t2']:g} "
             f"(precision {t['precision']:.3f}, recall {t['recall']:.3f}); settings NOT changed"
         )
+    types = s.get("by_type")
+    if types:
+        lines += ["", "by lesion type (key-slice hits at any score kept for the FROC; long-axis error mean absolute / mean signed):"]
+        for kind, r in types.items():
+            lines.append(
+                f"  {kind:<12} lesions {r['lesions']:>4}  key-slice hits {r['key_slice_hits_any_score']:>4}  found {r['found']:>4}  "
+                f"Dice {_fmt(r['dice'])}  long axis {_fmt(r['long_axis_mae_mm'], digits=2)} / {_signed(r['long_axis_bias_mm'])} mm"
+            )
     lines += ["", f"targets ({LABEL}):"]
     for row in result["targets"]:
         lines.append(f"  {row['result']:4}  {row['name']:<44} {_fmt(row['value']):>8}   target {row['goal']}")

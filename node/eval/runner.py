@@ -91,10 +91,15 @@ class DetectorCache:
 
 @dataclass(frozen=True, kw_only=True)
 class Candidate:
-    """One detector candidate: score and the truth lesion ids it hits (empty: false positive)."""
+    """One detector candidate: score and the truth lesion ids it hits (empty: false positive).
+
+    ``overlaps`` holds, for a key-slice candidate, its box IoU with each truth lesion of that key
+    image (hit or not): the per-lesion report tells a box just short of 0.5 from no candidate.
+    """
 
     score: float
     hits: frozenset[str]
+    overlaps: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +118,9 @@ class MatchedLesion:
     truth_long_axis_mm: float
     location_mm: tuple[float, float, float]
     embedding: np.ndarray | None
+    score: float | None = None
+    long_axis_bias_mm: float | None = None  # found minus truth: negative is measured short
+    short_axis_bias_mm: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +140,7 @@ class StudyScore:
     found_lesions: int = 0
     spearman: float | None = None
     seconds: float = 0.0
+    lesions: list[dict[str, object]] = field(default_factory=list)  # one row per truth lesion (``lesion_rows``)
 
 
 def detect_candidates(
@@ -209,7 +218,9 @@ def score_detections(
         box = (key_boxes or {}).get(index) or detection_box(volume, canvas, d)[1]
         overlaps = metrics.iou(box, np.array([t.box for t in truths]))
         hits = frozenset(t.lesion_id for t, o in zip(truths, overlaps, strict=True) if o >= IOU_THRESHOLD)
-        key_candidates.append(Candidate(score=d.score, hits=hits))
+        key_candidates.append(
+            Candidate(score=d.score, hits=hits, overlaps=tuple((t.lesion_id, float(o)) for t, o in zip(truths, overlaps, strict=True)))
+        )
 
     by_label = {lesion.label: lesion.lesion_id for lesion in study.lesions}
     rows, cols = volume.pixels.shape[1:]
@@ -246,10 +257,10 @@ def score_analysis(study: EvalStudy, analysis: Analysis) -> list[MatchedLesion]:
             predicted[s : s + ds, r : r + dr, c : c + dc] = found.mask[
                 : max(0, predicted.shape[0] - s), : max(0, predicted.shape[1] - r), : max(0, predicted.shape[2] - c)
             ]
-        long_err = short_err = None
+        long_bias = short_bias = None
         if found.recist is not None:
-            long_err = abs(found.recist.long_axis_mm - truth.long_axis_mm)
-            short_err = abs(found.recist.short_axis_mm - truth.short_axis_mm)
+            long_bias = found.recist.long_axis_mm - truth.long_axis_mm
+            short_bias = found.recist.short_axis_mm - truth.short_axis_mm
         matched.append(
             MatchedLesion(
                 lesion_id=truth.lesion_id,
@@ -259,14 +270,112 @@ def score_analysis(study: EvalStudy, analysis: Analysis) -> list[MatchedLesion]:
                 truth_type=str(truth.lesion_type),
                 predicted_type=str(found.lesion_type),
                 dice=metrics.dice(predicted, truth_mask),
-                long_axis_error_mm=long_err,
-                short_axis_error_mm=short_err,
+                long_axis_error_mm=None if long_bias is None else abs(long_bias),
+                short_axis_error_mm=None if short_bias is None else abs(short_bias),
+                long_axis_bias_mm=long_bias,
+                short_axis_bias_mm=short_bias,
+                score=float(found.score),
                 truth_long_axis_mm=truth.long_axis_mm,
                 location_mm=tuple(float(v) for v in study.body_frame(truth.center_patient)),  # type: ignore[arg-type]
                 embedding=None if found.embedding is None else np.asarray(found.embedding, dtype=np.float32),
             )
         )
     return matched
+
+
+# Columns of the per-lesion report (``ainode eval --lesions FILE``), in order.
+LESION_COLUMNS = (
+    "study", "lesion_id", "track_id", "type", "site", "appearance", "long_axis_mm", "short_axis_mm",
+    "key_slice", "slice_mm", "pixel_mm", "key_slice_result", "key_slice_best_iou", "key_slice_hit_score",
+    "volume_hit_score", "found", "found_score", "found_type", "dice", "long_axis_error_mm", "short_axis_error_mm",
+)  # fmt: skip
+
+
+def lesion_rows(
+    study: EvalStudy,
+    *,
+    key_candidates: Sequence[Candidate] = (),
+    volume_candidates: Sequence[Candidate] = (),
+    matched: Sequence[MatchedLesion] = (),
+    reason: str | None = None,
+) -> list[dict[str, object]]:
+    """One row per truth lesion of ``study``: what the detector and the analyzer made of it.
+
+    ``key_slice_result`` is ``hit`` (a key-slice candidate at IoU >= 0.5, at any score kept for
+    the FROC), ``box IoU < 0.5`` (candidates overlap it, none enough), ``missed`` (no candidate
+    overlaps it) or ``not analysed: <reason>``. Errors are signed, found minus truth (negative:
+    measured short); ``found`` says whether an analyzer lesion was matched to it.
+    """
+    best_iou: dict[str, float] = {}
+    hit_score: dict[str, float] = {}
+    for c in key_candidates:
+        for lesion_id, o in c.overlaps:
+            best_iou[lesion_id] = max(best_iou.get(lesion_id, 0.0), o)
+        for lesion_id in c.hits:
+            hit_score[lesion_id] = max(hit_score.get(lesion_id, 0.0), c.score)
+    volume_score: dict[str, float] = {}
+    for c in volume_candidates:
+        for lesion_id in c.hits:
+            volume_score[lesion_id] = max(volume_score.get(lesion_id, 0.0), c.score)
+    by_id = {m.lesion_id: m for m in matched}
+    spacing = study.volume.spacing
+    rows = []
+    for t in study.lesions:
+        m = by_id.get(t.lesion_id)
+        if reason is not None:
+            result = f"not analysed: {reason}"
+        elif t.lesion_id in hit_score:
+            result = "hit"
+        elif best_iou.get(t.lesion_id, 0.0) > 0.0:
+            result = f"box IoU < {IOU_THRESHOLD:g}"
+        else:
+            result = "missed"
+        rows.append({
+            "study": f"{study.patient}/T{study.timepoint}",
+            "lesion_id": t.lesion_id,
+            "track_id": t.track_id,
+            "type": str(t.lesion_type),
+            "site": t.site,
+            "appearance": t.appearance,
+            "long_axis_mm": round(t.long_axis_mm, 2),
+            "short_axis_mm": round(t.short_axis_mm, 2),
+            "key_slice": t.key_slice,
+            "slice_mm": round(float(spacing[0]), 2),
+            "pixel_mm": round(float(spacing[1]), 3),
+            "key_slice_result": result,
+            "key_slice_best_iou": round(best_iou.get(t.lesion_id, 0.0), 3),
+            "key_slice_hit_score": _rounded(hit_score.get(t.lesion_id)),
+            "volume_hit_score": _rounded(volume_score.get(t.lesion_id)),
+            "found": m is not None,
+            "found_score": None if m is None else _rounded(m.score),
+            "found_type": None if m is None else m.predicted_type,
+            "dice": None if m is None else round(m.dice, 3),
+            "long_axis_error_mm": None if m is None else _rounded(m.long_axis_bias_mm, 2),
+            "short_axis_error_mm": None if m is None else _rounded(m.short_axis_bias_mm, 2),
+        })  # fmt: skip
+    return rows
+
+
+def _rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def by_type(rows: Sequence[dict[str, object]]) -> dict[str, dict[str, object]]:
+    """Per truth lesion type, from analysed studies' ``lesion_rows``: lesions, key-slice hits at any
+    score, matched lesions, their Dice and long-axis error (mean absolute and mean signed)."""
+    out: dict[str, dict[str, object]] = {}
+    for kind in sorted({str(r["type"]) for r in rows}):
+        group = [r for r in rows if r["type"] == kind and not str(r["key_slice_result"]).startswith("not analysed")]
+        errors = [float(r["long_axis_error_mm"]) for r in group if r["long_axis_error_mm"] is not None]  # type: ignore[arg-type]
+        out[kind] = {
+            "lesions": len(group),
+            "key_slice_hits_any_score": sum(r["key_slice_result"] == "hit" for r in group),
+            "found": sum(bool(r["found"]) for r in group),
+            "dice": _mean(float(r["dice"]) for r in group if r["dice"] is not None),  # type: ignore[arg-type]
+            "long_axis_mae_mm": _mean(abs(e) for e in errors),
+            "long_axis_bias_mm": _mean(errors),
+        }
+    return out
 
 
 def evaluate_study(
@@ -281,7 +390,10 @@ def evaluate_study(
     reason = check_volume(study.volume)
     if reason is not None:
         logger.warning("study %s/T%d not analysed: %s", study.patient, study.timepoint, reason)
-        return StudyScore(patient=study.patient, timepoint=study.timepoint, analysed=False, reason=reason, truth_lesions=len(study.lesions))
+        return StudyScore(
+            patient=study.patient, timepoint=study.timepoint, analysed=False, reason=reason, truth_lesions=len(study.lesions),
+            lesions=lesion_rows(study, reason=reason),
+        )
     backend.clear()
     canvas, detections = detect_candidates(backend, study.volume, threshold=froc_threshold)
     on_key = key_image_detections(study, canvas, detections)
@@ -295,6 +407,7 @@ def evaluate_study(
     truth_embedded = (
         retrieval.embed_truth_lesions(study, backend, analysis.body_part_scores) if analysis.not_analysed is None else []
     )
+    matched = score_analysis(study, analysis)
     return StudyScore(
         patient=study.patient,
         timepoint=study.timepoint,
@@ -304,11 +417,14 @@ def evaluate_study(
         key_images=key_images,
         key_candidates=key_candidates,
         volume_candidates=volume_candidates,
-        matched=score_analysis(study, analysis),
+        matched=matched,
         truth_embedded=truth_embedded,
         found_lesions=len(analysis.lesions),
         spearman=spearman,
         seconds=time.perf_counter() - t0,
+        lesions=lesion_rows(
+            study, key_candidates=key_candidates, volume_candidates=volume_candidates, matched=matched, reason=analysis.not_analysed
+        ),
     )
 
 
@@ -390,6 +506,7 @@ def summarize(scores: list[StudyScore], settings: Settings) -> dict[str, object]
     out["type"]["knn_accuracy_found"] = found["knn_accuracy"]  # type: ignore[index]
     out["matching"] = _matching(with_embedding, emb, settings)
     out["matching_truth"] = _matching_truth(truth, truth_emb, settings)
+    out["by_type"] = by_type([r for s in analysed for r in s.lesions])
     out["timing"] = {"seconds_per_study": _mean(s.seconds for s in analysed)}
     return out
 

@@ -131,6 +131,41 @@ def test_missed_lesions_and_wrong_types_lower_the_figures(studies):
     assert summary["detection"]["key_slice"]["sensitivity"]["16.0"] == 0.0
 
 
+def test_lesion_rows_say_what_became_of_each_truth_lesion(studies):
+    study = next(s for s in studies if len(s.lesions) >= 2)
+    canvas = pp.make_canvas(study.volume.pixels, study.volume.spacing)
+    dets = oracle_detections(study, canvas)
+    first, second = study.lesions[0], study.lesions[1]
+    # The first lesion's detection kept, the second's shrunk to a quarter of its box, the others dropped.
+    kept = [dets[0], replace(dets[2], height_mm=dets[2].height_mm / 4, width_mm=dets[2].width_mm / 4, score=0.7)]
+    _, key_c, vol_c = runner.score_detections(study, canvas, kept)
+    analysis = oracle_analysis(study)
+    longer = replace(analysis.lesions[0], recist=replace(analysis.lesions[0].recist, long_axis_mm=analysis.lesions[0].recist.long_axis_mm - 2.5))
+    matched = runner.score_analysis(study, replace(analysis, lesions=[longer]))
+    rows = runner.lesion_rows(study, key_candidates=key_c, volume_candidates=vol_c, matched=matched)
+    assert [r["lesion_id"] for r in rows] == [les.lesion_id for les in study.lesions]
+    assert all(set(r) == set(runner.LESION_COLUMNS) for r in rows)
+    one, two = rows[0], rows[1]
+    assert one["key_slice_result"] == "hit" and one["key_slice_hit_score"] == 0.9 and one["key_slice_best_iou"] > 0.9
+    assert one["found"] is True and one["long_axis_error_mm"] == pytest.approx(-2.5) and one["dice"] == 1.0
+    assert one["type"] == str(first.lesion_type) and one["long_axis_mm"] == round(first.long_axis_mm, 2)
+    assert two["key_slice_result"] == "box IoU < 0.5" and 0.0 < two["key_slice_best_iou"] < 0.5
+    assert two["key_slice_hit_score"] is None and two["found"] is False and two["long_axis_error_mm"] is None
+    assert two["volume_hit_score"] == 0.7  # its centre is inside the lesion, so it counts per volume
+    assert all(r["key_slice_result"] == "missed" and r["key_slice_best_iou"] == 0.0 for r in rows[2:] if r["study"] == one["study"])
+    assert second.lesion_id == two["lesion_id"]
+
+    types = runner.by_type(rows)
+    assert sum(v["lesions"] for v in types.values()) == len(rows)
+    assert sum(v["key_slice_hits_any_score"] for v in types.values()) == 1
+    assert types[str(first.lesion_type)]["long_axis_bias_mm"] == pytest.approx(-2.5)
+    assert types[str(first.lesion_type)]["long_axis_mae_mm"] == pytest.approx(2.5)
+
+    skipped = runner.lesion_rows(study, reason="too few slices")
+    assert {r["key_slice_result"] for r in skipped} == {"not analysed: too few slices"}
+    assert all(v["lesions"] == 0 for v in runner.by_type(skipped).values())
+
+
 def test_detector_cache_runs_the_detector_once(studies):
     class Counting:
         def __init__(self):
@@ -160,9 +195,19 @@ def test_detector_cache_runs_the_detector_once(studies):
 
 def test_eval_command_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    rc = main(["--data-dir", str(tmp_path / "state"), "eval", "--patients", "2", "--timepoints", "1", "--slices", "30", "--json", str(out)])
+    csv_path = tmp_path / "lesions.csv"
+    rc = main([
+        "--data-dir", str(tmp_path / "state"), "eval", "--patients", "2", "--timepoints", "1", "--slices", "60",
+        "--json", str(out), "--lesions", str(csv_path),
+    ])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert rows and list(rows[0]) == list(runner.LESION_COLUMNS)
+    assert all(r["key_slice_result"] in ("hit", "box IoU < 0.5", "missed") for r in rows)
+    assert "by lesion type" in printed
     assert "synthetic-cohort figures, not clinical" in printed
     assert "85.65%" in printed and "different data" in printed
     result = json.loads(out.read_text())
@@ -181,6 +226,7 @@ def test_eval_command_writes_every_figure(tmp_path, capsys):
     assert "knn_accuracy" in s["type"]
     assert {"precision", "recall", "t1", "t2", "tuned"} <= set(s["matching"])
     assert [t["name"] for t in result["targets"]] and all(t["result"] in ("PASS", "FAIL") for t in result["targets"])
+    assert sum(v["lesions"] for v in s["by_type"].values()) == len(rows) == s["truth_lesions"]
 
 
 def test_read_study_from_a_cohort_folder(tmp_path):
