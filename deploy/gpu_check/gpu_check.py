@@ -49,7 +49,8 @@ class TorchBackend:
         self.runners = {
             n: Runner(str(REPO / "onnx" / f"{n}.onnx"), DEV, dtype) for n in MODEL_NAMES
         }
-        self.versions = OnnxBackend(REPO).model_versions()
+        self.reference = OnnxBackend(REPO)
+        self.versions = self.reference.model_versions()
 
     def infer(self, model, inputs):
         with torch.no_grad():
@@ -60,6 +61,9 @@ class TorchBackend:
 
     def model_versions(self):
         return self.versions
+
+    def model_parameters(self, model):
+        return self.reference.model_parameters(model)  # the segmenter's mask cut travels in the ONNX file
 
     def close(self):
         pass

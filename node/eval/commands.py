@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write one row per truth lesion to this CSV file: key-slice result (hit, box IoU < 0.5, missed) with best IoU and score, "
                         "whether the analyzer found it, Dice and signed RECIST errors (which lesions the figures lose)")
     p.add_argument("--backend", choices=("onnx", "triton"), default="onnx", help="onnx: in-process ONNX Runtime (default); triton: the running Triton")
+    p.add_argument("--mask-cut", type=float, default=None,
+                   help="cut the segmenter's probability here instead of at the mask_threshold its files carry (screen a cut for new "
+                        "weights, then export it with `ainode train segmenter --segmenter-mask-cut`); the figures are then not the node's")
     p.add_argument("--froc-threshold", type=float, default=0.05, help="lowest detector score kept for the FROC (default 0.05)")
     p.add_argument("--walk-check", action="store_true",
                    help="instead of the full evaluation: walk the segmenter from truth-placed starts (each large lesion's key slice and last slice), no detector; per lesion kind Dice, long-axis error, lost walks (a few seconds: screens segmenter weights)")
@@ -46,7 +49,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     from node.eval import cohort as cohort_mod
     from node.eval.report import LABEL, REFERENCE, apply_targets, format_table, target_warnings
     from node.eval.runner import evaluate_cohort
-    from node.inference.backend import InferenceError, OnnxBackend, open_backend
+    from node.inference.backend import InferenceError, OnnxBackend, ParameterOverride, open_backend
     from node.synth.lesions import COHORT_VERSION
 
     if args.walk_check and args.lesions is not None:
@@ -83,6 +86,15 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         backend = open_backend(replace(settings, inference_backend="triton"))
     else:
         backend = OnnxBackend(Path(settings.model_repository))
+    if args.mask_cut is not None:
+        if not 0.0 < args.mask_cut < 1.0:
+            raise CommandError(f"--mask-cut: must be between 0 and 1, got {args.mask_cut:g}")
+        try:
+            own = backend.model_parameters("lesion_segmenter").get("mask_threshold", "none (the default)")
+        except InferenceError as exc:
+            raise CommandError(f"inference failed: {exc}") from exc
+        warnings.append(f"the segmenter's probability is cut at {args.mask_cut:g} (--mask-cut), not at its own {own}: these are not the node's figures")
+        backend = ParameterOverride(backend, {"lesion_segmenter": {"mask_threshold": f"{args.mask_cut:g}"}})
     if args.walk_check:
         if args.cohort is None and (args.seed is None or args.seed == cohort_mod.HELD_OUT_COHORT_SEED):
             warnings.append(

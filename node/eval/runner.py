@@ -84,6 +84,9 @@ class DetectorCache:
     def model_versions(self) -> dict[str, str]:
         return self.backend.model_versions()
 
+    def model_parameters(self, model: str) -> dict[str, str]:
+        return self.backend.model_parameters(model)
+
     def close(self) -> None:
         self.clear()
         self.backend.close()

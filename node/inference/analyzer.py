@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from node.imaging.volume import Volume
 from node.inference import preprocess as pp
-from node.inference.backend import InferenceBackend
+from node.inference.backend import DEFAULT_MASK_THRESHOLD, InferenceBackend, InferenceError
 from node.inference.dedup import suppress_duplicates
 from node.inference.recist import measure_recist
 from node.lesions.records import Lesion, LesionType
@@ -30,12 +30,6 @@ MIN_ROWS = 64
 MIN_FOV_MM = 120.0
 MIN_EXTENT_MM = 16.0
 MAX_SLICE_MM = 5.0
-# Where the segmenter's probability is cut. Chosen per segmenter by `ainode eval --walk-check` on
-# the validation patients (10000+) and unseen ones (20000+), never the held-out cohort: for
-# `922c1a60` 0.3 (long-axis MAE 1.26 / 1.38 mm from truth-placed starts, Dice 0.866 / 0.897; at 0.4
-# 1.32 / 1.42 mm and 0.7 / 0.3 mm short on average). `f19d1d81` took 0.4 (at 0.2 about 1 mm long),
-# `60362ff7` 0.2 (2.5 mm short at 0.5). See the segmenter's model card.
-MASK_THRESHOLD = 0.3
 FIT_ROUNDS = 3  # key-slice re-segmentations on a larger crop when the mask fills the crop
 FIT_FILL = 0.7  # ... that is, when the mask's larger side exceeds this share of the crop's side
 PIXEL_MM_RANGE = (0.4, 5.0)  # the small synthetic preset reaches 4.8 mm
@@ -497,6 +491,25 @@ def walk_masks(backend: InferenceBackend, volume: Volume, fits: list[Fit]) -> li
     return [_assemble(fit, found) for fit, found in zip(fits, slices, strict=True)]
 
 
+def mask_threshold(backend: InferenceBackend) -> float:
+    """Where the segmenter's probability is cut: the ``mask_threshold`` its files carry (chosen for
+    those weights and written at export: ``ainode train segmenter --segmenter-mask-cut``), else
+    ``DEFAULT_MASK_THRESHOLD`` for a segmenter exported before the cut travelled with it."""
+    text = backend.model_parameters("lesion_segmenter").get("mask_threshold")
+    if text is None:
+        return DEFAULT_MASK_THRESHOLD
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise InferenceError(
+            f"lesion_segmenter: mask_threshold {text!r} in its metadata is not a probability between 0 and 1 "
+            "(re-export it with `ainode train segmenter`, or fix the ONNX metadata and the config's ainode_mask_threshold)"
+        )
+    return value
+
+
 def _segment_slices(
     backend: InferenceBackend,
     volume: Volume,
@@ -512,6 +525,7 @@ def _segment_slices(
     out: list[SliceMask | None] = [None] * len(requests)
     pending = list(range(len(requests)))
     places = [(float(c[0]), float(c[1]), float(size)) for _, c, size in requests]
+    cut = mask_threshold(backend) if requests else DEFAULT_MASK_THRESHOLD
     for round_ in range(FIT_ROUNDS + 1):
         if not pending:
             break
@@ -525,7 +539,7 @@ def _segment_slices(
         probs = backend.infer("lesion_segmenter", {"image": crops})["mask"][:, 0]
         again = []
         for i, side, prob in zip(pending, sides, probs, strict=True):
-            local, (r0, c0) = _masks_in_volume(prob[None], volume, places[i][:2], side)
+            local, (r0, c0) = _masks_in_volume(prob[None], volume, places[i][:2], side, cut)
             mask = SliceMask.of(_keep(local[0], (r0, c0), places[i][:2], anchors[i]), r0, c0)
             out[i] = mask
             if round_ == FIT_ROUNDS or side >= 2 * pp.MAX_LESION_MM:
@@ -602,11 +616,11 @@ def _pixel_box(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float, float,
 
 
 def _masks_in_volume(
-    probs: np.ndarray, volume: Volume, center_rc: tuple[float, float], side: float
+    probs: np.ndarray, volume: Volume, center_rc: tuple[float, float], side: float, cut: float
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Segmenter probabilities of crops around ``center_rc`` mapped back onto the volume's pixels.
 
-    Returns the (crops, rows, cols) boolean masks (probability >= ``MASK_THRESHOLD``) of the
+    Returns the (crops, rows, cols) boolean masks (probability >= ``cut``) of the
     volume window the crop covers, and that window's first (row, col).
     """
     _, rs, cs = volume.spacing
@@ -621,7 +635,7 @@ def _masks_in_volume(
     grid = np.stack(np.meshgrid(ii, jj, indexing="ij"))
     local = np.zeros((len(probs), r1 - r0, c1 - c0), dtype=bool)
     for m, prob in enumerate(probs):
-        local[m] = ndimage.map_coordinates(prob, grid, order=1, mode="constant", cval=0.0) >= MASK_THRESHOLD
+        local[m] = ndimage.map_coordinates(prob, grid, order=1, mode="constant", cval=0.0) >= cut
     return local, (r0, c0)
 
 

@@ -22,6 +22,13 @@ from node.config import Settings
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("body_part_regressor", "lesion_detector", "lesion_segmenter", "lesion_embedder")
+# Settings a model carries with its weights, chosen for those weights: the ONNX file's metadata
+# ``<key>`` and the Triton config's parameter ``ainode_<key>`` (both written at export), read with
+# ``model_parameters``. ``mask_threshold``: where the analyzer cuts the segmenter's probability.
+RUNTIME_PARAMETERS = ("mask_threshold",)
+# The segmenter's cut where its files name none (a repository exported before the cut travelled
+# with the weights): the cut chosen for the first segmenter that carried one, `922c1a60`.
+DEFAULT_MASK_THRESHOLD = 0.3
 
 
 class InferenceError(RuntimeError):
@@ -39,6 +46,8 @@ class InferenceBackend(Protocol):
     def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def model_versions(self) -> dict[str, str]: ...
+
+    def model_parameters(self, model: str) -> dict[str, str]: ...
 
     def close(self) -> None: ...
 
@@ -69,6 +78,7 @@ class OnnxBackend:
         self._onnx_dir = _onnx_dir(model_dir)
         self._threads = threads
         self._sessions: dict[str, object] = {}
+        self._parameters: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def _session(self, model: str):  # -> onnxruntime.InferenceSession
@@ -109,9 +119,17 @@ class OnnxBackend:
                 versions[name] = meta.get("version", "unknown")
         return versions
 
+    def model_parameters(self, model: str) -> dict[str, str]:
+        """The model's ``RUNTIME_PARAMETERS`` from its ONNX metadata (empty where it names none)."""
+        if model not in self._parameters:
+            meta = self._session(model).get_modelmeta().custom_metadata_map
+            self._parameters[model] = {k: meta[k] for k in RUNTIME_PARAMETERS if k in meta}
+        return dict(self._parameters[model])
+
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
+            self._parameters.clear()
 
 
 _NP_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
@@ -132,6 +150,7 @@ class _ModelInfo:
     outputs: tuple[_TensorInfo, ...]
     max_batch_size: int
     version: str
+    parameters: dict[str, str]
 
 
 class _Region:
@@ -251,6 +270,9 @@ class TritonBackend:
             outputs=tensors(meta["outputs"]),
             max_batch_size=max_batch,
             version=params.get("ainode_version", {}).get("string_value", "unknown"),
+            parameters={
+                k: params[f"ainode_{k}"]["string_value"] for k in RUNTIME_PARAMETERS if "string_value" in params.get(f"ainode_{k}", {})
+            },
         )
         with self._lock:
             self._models[model] = info
@@ -335,11 +357,39 @@ class TritonBackend:
                 continue
         return versions
 
+    def model_parameters(self, model: str) -> dict[str, str]:
+        """The model's ``RUNTIME_PARAMETERS`` from its config's ``ainode_<key>`` parameters."""
+        return dict(self._info(model).parameters)
+
     def close(self) -> None:
         for region in self._regions.values():
             region.release()
         self._regions.clear()
         self._client.close()
+
+
+class ParameterOverride:
+    """Another backend with some models' runtime parameters replaced (``ainode eval --mask-cut``:
+    screen a cut on the same weights without exporting them again)."""
+
+    def __init__(self, backend: InferenceBackend, overrides: dict[str, dict[str, str]]) -> None:
+        unknown = sorted({k for values in overrides.values() for k in values} - set(RUNTIME_PARAMETERS))
+        if unknown:
+            raise ValueError(f"overrides: unknown runtime parameters {unknown}; known: {list(RUNTIME_PARAMETERS)}")
+        self.backend = backend
+        self.overrides = overrides
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.backend.infer(model, inputs)
+
+    def model_versions(self) -> dict[str, str]:
+        return self.backend.model_versions()
+
+    def model_parameters(self, model: str) -> dict[str, str]:
+        return {**self.backend.model_parameters(model), **self.overrides.get(model, {})}
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 def open_backend(settings: Settings) -> InferenceBackend:

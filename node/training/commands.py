@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from node.config import Settings
+from node.inference.backend import DEFAULT_MASK_THRESHOLD
 from node.training.datasets import LARGE_LESION_MM, SEGMENTER_LARGE_LESIONS, SMALL_LESION_MM
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter-centre-jitter", type=float, default=0.08,
                    help="segmenter: a training crop's centre moves by a normal offset of this times the lesion's size, "
                         "each axis (default 0.08; the detector's centres were 0.09 of the lesion's size off at the median: 0.12 was tried)")
+    p.add_argument("--segmenter-mask-cut", type=_probability, default=DEFAULT_MASK_THRESHOLD,
+                   help="segmenter: where the analyzer cuts its probability, exported with the weights (ONNX metadata mask_threshold, Triton "
+                        f"parameter ainode_mask_threshold) and used for the validation figures (default {DEFAULT_MASK_THRESHOLD:g}, chosen for "
+                        "the committed weights with `ainode eval --walk-check --mask-cut`; choose it again for new weights)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
@@ -153,6 +158,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation,
                 large_lesions=args.segmenter_large_lesions,
                 jitter=train.CropJitter(size=args.segmenter_size_jitter, centre=args.segmenter_centre_jitter),
+                mask_cut=args.segmenter_mask_cut,
             )
         else:
             ssbr = _ssbr_from_onnx(out)
@@ -164,15 +170,32 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             )
         path = out / "onnx" / f"{model_name}.onnx"
         data = describe(medium)
-        export.export_onnx(result.model, model_name, path, metadata={"version": version, "trained_on": data[:200]})
-        _write_card(out, result, data_text=data, command=command, version=_versions(out)[model_name], path=path)
+        metadata = {"version": version, "trained_on": data[:200]}
+        if model_name == "lesion_segmenter":
+            metadata["mask_threshold"] = f"{args.segmenter_mask_cut:g}"
+        export.export_onnx(result.model, model_name, path, metadata=metadata)
+        _write_card(
+            out, result, data_text=data, command=command, version=_versions(out)[model_name], path=path,
+            parameters=_parameters(out).get(model_name, {}),
+        )
         print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()))
 
-    export.write_triton_configs(out, _versions(out))
+    export.write_triton_configs(out, _versions(out), _parameters(out))
     return 0
 
 
 DEFAULT_MEDIUM_EVERY = 3
+
+
+def _probability(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -210,6 +233,14 @@ def _versions(out: Path) -> dict[str, str]:
     return OnnxBackend(out).model_versions()
 
 
+def _parameters(out: Path) -> dict[str, dict[str, str]]:
+    """Each exported model's runtime parameters (``RUNTIME_PARAMETERS``), for its Triton configs."""
+    from node.inference.backend import MODEL_NAMES, OnnxBackend
+
+    backend = OnnxBackend(out)
+    return {name: backend.model_parameters(name) for name in MODEL_NAMES if (out / "onnx" / f"{name}.onnx").is_file()}
+
+
 def _ssbr_from_onnx(out: Path):
     import numpy as np
 
@@ -232,7 +263,7 @@ FLIP_NOTE = (
 )
 
 
-def _write_card(out: Path, result, *, data_text: str, command: str, version: str, path: Path) -> None:
+def _write_card(out: Path, result, *, data_text: str, command: str, version: str, path: Path, parameters: dict[str, str]) -> None:
     from node.training.export import FLIP_AVERAGED
 
     cards = out / "cards"
@@ -240,6 +271,8 @@ def _write_card(out: Path, result, *, data_text: str, command: str, version: str
     params = sum(p.numel() for p in result.model.parameters())
     figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in result.figures.items())
     flip = f"\n- {FLIP_NOTE}" if result.name in FLIP_AVERAGED else ""
+    if parameters:
+        flip += "\n- exported with it (ONNX metadata, Triton config `ainode_<key>`): " + ", ".join(f"{k} {v}" for k, v in parameters.items())
     text = f"""# {result.name}
 
 - version: `{version}`
@@ -256,5 +289,5 @@ def _write_card(out: Path, result, *, data_text: str, command: str, version: str
     (cards / f"{result.name}.md").write_text(text)
     (cards / f"{result.name}.json").write_text(
         json.dumps({"version": version, "data": data_text, "command": command, "seconds": round(result.seconds, 1),
-                    "parameters": params, "figures": result.figures}, indent=2) + "\n"
+                    "parameters": params, **({"runtime": parameters} if parameters else {}), "figures": result.figures}, indent=2) + "\n"
     )

@@ -234,8 +234,12 @@ def _tensor_block(kind: str, tensors: tuple) -> str:
     return f"{kind} [\n" + ",\n".join(parts) + "\n]\n"
 
 
-def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained") -> str:
-    """config.pbtxt text for the ``cpu`` (python backend + ONNX Runtime) or ``gpu`` (TensorRT) variant."""
+def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained", parameters: dict[str, str] | None = None) -> str:
+    """config.pbtxt text for the ``cpu`` (python backend + ONNX Runtime) or ``gpu`` (TensorRT) variant.
+
+    ``parameters`` (the model's ``RUNTIME_PARAMETERS`` from its ONNX metadata) become ``ainode_<key>``
+    parameters in both variants: a TensorRT plan keeps no ONNX metadata, so the config carries them.
+    """
     if variant == "cpu":
         head = (
             f'name: "{spec.name}"\nbackend: "python"\nmax_batch_size: {spec.max_batch_size}\n'
@@ -248,7 +252,7 @@ def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained") 
             + '.onnx" }\n}\n'
             'parameters: {\n  key: "intra_op_threads"\n  value: { string_value: "2" }\n}\n'
         )
-        tail += _version_parameter(version)
+        tail += _ainode_parameters(version, parameters)
     elif variant == "gpu":
         head = (
             f'name: "{spec.name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {spec.max_batch_size}\n'
@@ -257,7 +261,7 @@ def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained") 
             "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}\n"
             "instance_group [\n  {\n    count: 1\n    kind: KIND_GPU\n  }\n]\n"
         )
-        tail += _version_parameter(version)
+        tail += _ainode_parameters(version, parameters)
     else:
         raise ValueError(f"variant: expected 'cpu' or 'gpu', got {variant!r}")
     return (
@@ -270,8 +274,11 @@ def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained") 
     )
 
 
-def _version_parameter(version: str) -> str:
-    return 'parameters: {\n  key: "ainode_version"\n  value: { string_value: "' + version + '" }\n}\n'
+def _ainode_parameters(version: str, parameters: dict[str, str] | None = None) -> str:
+    entries = {"version": version, **{k: v for k, v in sorted((parameters or {}).items())}}
+    return "".join(
+        'parameters: {\n  key: "ainode_' + key + '"\n  value: { string_value: "' + value + '" }\n}\n' for key, value in entries.items()
+    )
 
 
 MODEL_SHIM = (
@@ -284,20 +291,24 @@ MODEL_SHIM = (
 )
 
 
-def write_triton_configs(repository: Path, versions: dict[str, str] | None = None) -> list[Path]:
+def write_triton_configs(
+    repository: Path, versions: dict[str, str] | None = None, parameters: dict[str, dict[str, str]] | None = None
+) -> list[Path]:
     """Write cpu/ and gpu/ config.pbtxt (and the CPU model.py) for every model under ``repository``.
 
-    ``versions`` maps model names to the version string recorded in the ONNX metadata, so
-    both backends report the same ``model_versions()``.
+    ``versions`` maps model names to the version string recorded in the ONNX metadata, and
+    ``parameters`` to their runtime parameters, so both backends report the same
+    ``model_versions()`` and ``model_parameters()``.
     """
     versions = versions or {}
+    parameters = parameters or {}
     written = []
     for spec in SPECS.values():
         version = versions.get(spec.name, "untrained")
         for variant in ("cpu", "gpu"):
             path = repository / variant / spec.name / "config.pbtxt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(triton_config(spec, variant=variant, version=version))
+            path.write_text(triton_config(spec, variant=variant, version=version, parameters=parameters.get(spec.name)))
             written.append(path)
         shim = repository / "cpu" / spec.name / "1" / "model.py"
         shim.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from node.inference import preprocess as pp
 from node.inference.analyzer import SliceMask, body_mask, box_crop, embedder_input
+from node.inference.backend import DEFAULT_MASK_THRESHOLD
 from node.training.datasets import (
     LARGE_LESION_MM,
     SEGMENTER_LARGE_LESIONS,
@@ -466,7 +467,10 @@ def train_lesion_segmenter(
     validation: Sequence[TrainStudy] = (),
     large_lesions: int = SEGMENTER_LARGE_LESIONS,
     jitter: CropJitter = CropJitter(),
+    mask_cut: float = DEFAULT_MASK_THRESHOLD,
 ) -> TrainResult:
+    """The lesion segmenter; ``mask_cut`` is the analyzer's cut for these weights (exported with
+    them as ``mask_threshold``), at which the validation figures are measured."""
     t0 = time.perf_counter()
     samples = segmenter_samples(studies, rng=rng, large_lesions=large_lesions, jitter=jitter)
     model = build("lesion_segmenter")
@@ -499,15 +503,16 @@ def train_lesion_segmenter(
     model.eval()
     figures = {"final_loss": last}
     if validation:
-        figures.update(evaluate_segmenter(model, validation))
+        figures.update(evaluate_segmenter(model, validation, cut=mask_cut))
     return TrainResult(
         name="lesion_segmenter", model=model, figures=figures, seconds=time.perf_counter() - t0, samples=len(samples)
     )
 
 
-def evaluate_segmenter(model: torch.nn.Module, studies: Sequence[TrainStudy]) -> dict[str, float]:
-    """Key-slice Dice and RECIST long/short-axis errors (mm) from the predicted mask, crops centred on truth."""
-    from node.inference.analyzer import MASK_THRESHOLD
+def evaluate_segmenter(
+    model: torch.nn.Module, studies: Sequence[TrainStudy], *, cut: float = DEFAULT_MASK_THRESHOLD
+) -> dict[str, float]:
+    """Key-slice Dice and RECIST long/short-axis errors (mm) from the mask cut at ``cut``, crops centred on truth."""
     from node.inference.recist import measure_recist
 
     dices, long_err, short_err = [], [], []
@@ -522,7 +527,7 @@ def evaluate_segmenter(model: torch.nn.Module, studies: Sequence[TrainStudy]) ->
                 centre = (rr.mean(), cc.mean())
                 side = pp.crop_geometry(size_mm)
                 image = pp.lesion_crop(study.pixels, study.spacing, slice_=float(lesion.key_slice), center_rc=centre, side_mm=side)
-                pred = model(torch.from_numpy(image[None]))[0, 0].numpy() >= MASK_THRESHOLD
+                pred = model(torch.from_numpy(image[None]))[0, 0].numpy() >= cut
                 truth = _crop_mask(mask, study.spacing, centre, side)
                 dices.append(2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1))
                 axes = measure_recist(pred, (side / pp.CROP_SIZE,) * 2)

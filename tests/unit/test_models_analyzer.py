@@ -181,7 +181,42 @@ class _ThresholdSegmenter:
         from node.inference import preprocess as pp
 
         assert model == "lesion_segmenter"
-        return {"mask": (inputs["image"][:, 1:2] > pp.window(np.array(0.0))).astype(np.float32)}
+        return {"mask": (inputs["image"][:, 1:2] > pp.window(np.array(0.0))).astype(np.float32) * self.probability}
+
+    def __init__(self, probability: float = 1.0, parameters: dict[str, str] | None = None) -> None:
+        self.probability = probability
+        self.parameters = parameters or {}
+
+    def model_parameters(self, model: str) -> dict[str, str]:
+        return dict(self.parameters)
+
+
+def test_the_segmenter_is_cut_where_its_own_files_say() -> None:
+    # The same probabilities (0.5 on the lesion) cut at the segmenter's own mask_threshold: below
+    # 0.5 the lesion is found, above it nothing is; no threshold uses the default; a broken one
+    # is a clear error, not a silent default.
+    from node.imaging.volume import Volume
+    from node.inference.analyzer import Fit, fit_lesions
+    from node.inference.backend import DEFAULT_MASK_THRESHOLD, InferenceError
+
+    n, size = 10, 96
+    z, r, c = np.meshgrid(np.arange(n) * 2.0, np.arange(size) * 1.0, np.arange(size) * 1.0, indexing="ij")
+    pixels = np.where((r - 48.0) ** 2 + (c - 48.0) ** 2 <= 8.0**2, 40.0, -100.0).astype(np.float32)
+    volume = Volume(
+        pixels=pixels, affine=np.diag([1.0, 1.0, 2.0, 1.0]), spacing=(2.0, 1.0, 1.0),
+        study_instance_uid="1.2", series_instance_uid="1.2.3", frame_of_reference_uid="1.2.4",
+        sop_instance_uids=tuple(f"1.2.3.{i}" for i in range(n)), sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+    )  # fmt: skip
+    place = [Fit(key_slice=5, center_rc=(48.0, 48.0), size_mm=16.0, box=None)]
+
+    def box(parameters):
+        return fit_lesions(_ThresholdSegmenter(0.5, parameters), volume, place)[0].box
+
+    assert box({"mask_threshold": "0.4"}) is not None
+    assert box({"mask_threshold": "0.6"}) is None
+    assert DEFAULT_MASK_THRESHOLD < 0.5 and box({}) is not None
+    with pytest.raises(InferenceError, match="mask_threshold 'high'"):
+        box({"mask_threshold": "high"})
 
 
 def test_a_slice_walk_stops_where_the_mask_runs_into_a_neighbouring_structure() -> None:

@@ -14,7 +14,7 @@ from node.inference.backend import MODEL_NAMES, OnnxBackend
 def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
     out = tmp_path / "models"
     rc = main(["train", "all", "--patients", "4", "--val-patients", "1", "--scale", "0.05", "--ssbr-steps", "200",
-               "--detector-epochs", "20", "--segmenter-epochs", "20", "--threads", "1", "--out", str(out)])
+               "--detector-epochs", "20", "--segmenter-epochs", "20", "--segmenter-mask-cut", "0.35", "--threads", "1", "--out", str(out)])
     assert rc == 0
     backend = OnnxBackend(out)
     versions = backend.model_versions()
@@ -24,6 +24,12 @@ def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
         card = json.loads((out / "cards" / f"{name}.json").read_text())
         assert card["figures"] and card["version"] == versions[name]
         assert (out / "cpu" / name / "config.pbtxt").is_file() and (out / "gpu" / name / "config.pbtxt").is_file()
+    # The segmenter's cut travels with its weights: ONNX metadata, both Triton configs, its card.
+    assert backend.model_parameters("lesion_segmenter") == {"mask_threshold": "0.35"}
+    assert all(backend.model_parameters(name) == {} for name in MODEL_NAMES if name != "lesion_segmenter")
+    for variant in ("cpu", "gpu"):
+        assert 'key: "ainode_mask_threshold"\n  value: { string_value: "0.35" }' in (out / variant / "lesion_segmenter" / "config.pbtxt").read_text()
+    assert json.loads((out / "cards" / "lesion_segmenter.json").read_text())["runtime"] == {"mask_threshold": "0.35"}
     # The detector trains on 256x256 studies only, the others on the mixed cohort (_medium_every).
     assert "every training patient at 256x256" in json.loads((out / "cards" / "lesion_detector.json").read_text())["data"]
     assert "every 3-th training patient at 256x256" in json.loads((out / "cards" / "lesion_segmenter.json").read_text())["data"]

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from node.inference.backend import MODEL_NAMES
+from node.inference.backend import MODEL_NAMES, RUNTIME_PARAMETERS, OnnxBackend
 from node.training.export import triton_config
 from node.training.models import SPECS
 
@@ -56,14 +56,39 @@ def test_configs_match_the_onnx_graph(name: str) -> None:
     assert described(graph.output) == _tensors(cpu.output)
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["version"] == cpu.parameters["ainode_version"].string_value
+    # Runtime parameters travel in both: the ONNX file (in-process backend) and the configs (Triton).
+    for key in RUNTIME_PARAMETERS:
+        for variant in ("cpu", "gpu"):
+            config = _config(variant, name).parameters
+            assert (f"ainode_{key}" in config) == (key in meta), f"{name}: {key} in one of ONNX metadata / {variant} config only"
+            if key in meta:
+                assert config[f"ainode_{key}"].string_value == meta[key]
+
+
+def test_the_segmenter_carries_its_mask_cut() -> None:
+    assert OnnxBackend(REPO).model_parameters("lesion_segmenter") == {"mask_threshold": "0.3"}
 
 
 def test_generated_configs_are_the_committed_ones() -> None:
+    backend = OnnxBackend(REPO)
     for name, spec in SPECS.items():
         version = _config("cpu", name).parameters["ainode_version"].string_value
+        parameters = backend.model_parameters(name)
         for variant in ("cpu", "gpu"):
-            assert (REPO / variant / name / "config.pbtxt").read_text() == triton_config(spec, variant=variant, version=version)
+            expected = triton_config(spec, variant=variant, version=version, parameters=parameters)
+            assert (REPO / variant / name / "config.pbtxt").read_text() == expected
 
 
 def test_onnx_weights_are_small() -> None:
     assert sum(p.stat().st_size for p in (REPO / "onnx").glob("*.onnx")) < 50 * 1024 * 1024
+
+
+def test_a_cut_can_be_overridden_to_screen_it() -> None:
+    from node.inference.backend import ParameterOverride
+
+    backend = ParameterOverride(OnnxBackend(REPO), {"lesion_segmenter": {"mask_threshold": "0.45"}})
+    assert backend.model_parameters("lesion_segmenter") == {"mask_threshold": "0.45"}
+    assert backend.model_parameters("lesion_detector") == {}
+    assert backend.model_versions() == OnnxBackend(REPO).model_versions()
+    with pytest.raises(ValueError, match="unknown runtime parameters"):
+        ParameterOverride(OnnxBackend(REPO), {"lesion_detector": {"colour": "red"}})
