@@ -67,8 +67,10 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         seed = cohort_mod.HELD_OUT_COHORT_SEED if args.seed is None else args.seed
         if seed == 0 and args.first_patient < 10_000:
             warnings.append("cohort seed 0, patients below 10000: the training patients; these figures are not held out")
-        elif seed == 0:
+        elif seed == 0 and args.first_patient < 20_000:
             warnings.append("cohort seed 0, patients from 10000: the training code's validation patients (for tuning), not the held-out cohort")
+        elif seed == 0:
+            warnings.append("cohort seed 0, patients from 20000: patients training never draws (for tuning), not the held-out cohort")
         studies = cohort_mod.synthetic_cohort(
             patients=args.patients, timepoints=args.timepoints, seed=seed, num_slices=args.slices, first_patient=args.first_patient,
             cohort_version=args.cohort_version,
