@@ -62,8 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "each axis (default 0.08; the detector's centres were 0.09 of the lesion's size off at the median: 0.12 was tried)")
     p.add_argument("--segmenter-mask-cut", type=_probability, default=DEFAULT_MASK_THRESHOLD,
                    help="segmenter: where the analyzer cuts its probability, exported with the weights (ONNX metadata mask_threshold, Triton "
-                        f"parameter ainode_mask_threshold) and used for the validation figures (default {DEFAULT_MASK_THRESHOLD:g}, chosen for "
-                        "the committed weights with `ainode eval --walk-check --mask-cut`; choose it again for new weights)")
+                        f"parameter ainode_mask_threshold) and used for the validation figures (default {DEFAULT_MASK_THRESHOLD:g}, the cut of a "
+                        "segmenter whose files name none; the committed weights carry 0.35, chosen with `ainode eval --walk-check --mask-cut`; "
+                        "choose it again for new weights)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
