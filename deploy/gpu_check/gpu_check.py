@@ -45,12 +45,12 @@ print(report, flush=True)
 
 
 class TorchBackend:
-    def __init__(self, dtype):
+    def __init__(self, dtype, reference):
         self.runners = {
             n: Runner(str(REPO / "onnx" / f"{n}.onnx"), DEV, dtype) for n in MODEL_NAMES
         }
-        self.reference = OnnxBackend(REPO)
-        self.versions = self.reference.model_versions()
+        self.reference = reference  # the CPU backend: versions and the segmenter's mask cut
+        self.versions = reference.model_versions()
 
     def infer(self, model, inputs):
         with torch.no_grad():
@@ -72,8 +72,8 @@ class TorchBackend:
 cpu = OnnxBackend(REPO, threads=8)
 backends = {
     "onnxruntime_cpu_fp32": cpu,
-    "cuda_fp32": TorchBackend(torch.float32),
-    "cuda_fp16": TorchBackend(torch.float32 if os.environ.get("NOFP16") else torch.float16),
+    "cuda_fp32": TorchBackend(torch.float32, cpu),
+    "cuda_fp16": TorchBackend(torch.float32 if os.environ.get("NOFP16") else torch.float16, cpu),
 }
 
 # Raw tensor parity on real inputs: one detector batch, segmenter and embedder crops.

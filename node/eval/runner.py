@@ -116,14 +116,20 @@ class MatchedLesion:
     truth_type: str
     predicted_type: str
     dice: float
-    long_axis_error_mm: float | None
-    short_axis_error_mm: float | None
     truth_long_axis_mm: float
     location_mm: tuple[float, float, float]
     embedding: np.ndarray | None
     score: float | None = None
     long_axis_bias_mm: float | None = None  # found minus truth: negative is measured short
     short_axis_bias_mm: float | None = None
+
+    @property
+    def long_axis_error_mm(self) -> float | None:
+        return None if self.long_axis_bias_mm is None else abs(self.long_axis_bias_mm)
+
+    @property
+    def short_axis_error_mm(self) -> float | None:
+        return None if self.short_axis_bias_mm is None else abs(self.short_axis_bias_mm)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,8 +279,6 @@ def score_analysis(study: EvalStudy, analysis: Analysis) -> list[MatchedLesion]:
                 truth_type=str(truth.lesion_type),
                 predicted_type=str(found.lesion_type),
                 dice=metrics.dice(predicted, truth_mask),
-                long_axis_error_mm=None if long_bias is None else abs(long_bias),
-                short_axis_error_mm=None if short_bias is None else abs(short_bias),
                 long_axis_bias_mm=long_bias,
                 short_axis_bias_mm=short_bias,
                 score=float(found.score),

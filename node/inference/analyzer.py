@@ -522,10 +522,12 @@ def _segment_slices(
     without, the component nearest the centre. The crop grows while the mask fills it, and when
     nothing overlaps the anchor it is tried once 1.5x wider (the lesion may overfill it).
     """
+    if not requests:
+        return []
     out: list[SliceMask | None] = [None] * len(requests)
     pending = list(range(len(requests)))
     places = [(float(c[0]), float(c[1]), float(size)) for _, c, size in requests]
-    cut = mask_threshold(backend) if requests else DEFAULT_MASK_THRESHOLD
+    cut = mask_threshold(backend)
     for round_ in range(FIT_ROUNDS + 1):
         if not pending:
             break

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from node.config import Settings
-from node.inference.backend import DEFAULT_MASK_THRESHOLD
+from node.inference.backend import DEFAULT_MASK_THRESHOLD, RUNTIME_PARAMETERS
 from node.training.datasets import LARGE_LESION_MM, SEGMENTER_LARGE_LESIONS, SMALL_LESION_MM
 
 logger = logging.getLogger(__name__)
@@ -177,11 +177,11 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         export.export_onnx(result.model, model_name, path, metadata=metadata)
         _write_card(
             out, result, data_text=data, command=command, version=_versions(out)[model_name], path=path,
-            parameters=_parameters(out).get(model_name, {}),
+            parameters={k: metadata[k] for k in RUNTIME_PARAMETERS if k in metadata},
         )
         print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()))
 
-    export.write_triton_configs(out, _versions(out), _parameters(out))
+    export.write_triton_configs(out, *_exported(out))
     return 0
 
 
@@ -234,12 +234,13 @@ def _versions(out: Path) -> dict[str, str]:
     return OnnxBackend(out).model_versions()
 
 
-def _parameters(out: Path) -> dict[str, dict[str, str]]:
-    """Each exported model's runtime parameters (``RUNTIME_PARAMETERS``), for its Triton configs."""
-    from node.inference.backend import MODEL_NAMES, OnnxBackend
+def _exported(out: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Each exported model's version and runtime parameters, read once, for the Triton configs."""
+    from node.inference.backend import OnnxBackend
 
     backend = OnnxBackend(out)
-    return {name: backend.model_parameters(name) for name in MODEL_NAMES if (out / "onnx" / f"{name}.onnx").is_file()}
+    versions = backend.model_versions()
+    return versions, {name: backend.model_parameters(name) for name in versions}
 
 
 def _ssbr_from_onnx(out: Path):

@@ -275,7 +275,7 @@ def triton_config(spec: ModelSpec, *, variant: str, version: str = "untrained", 
 
 
 def _ainode_parameters(version: str, parameters: dict[str, str] | None = None) -> str:
-    entries = {"version": version, **{k: v for k, v in sorted((parameters or {}).items())}}
+    entries = {"version": version, **dict(sorted((parameters or {}).items()))}
     return "".join(
         'parameters: {\n  key: "ainode_' + key + '"\n  value: { string_value: "' + value + '" }\n}\n' for key, value in entries.items()
     )
