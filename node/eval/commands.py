@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--froc-threshold", type=float, default=0.05, help="lowest detector score kept for the FROC (default 0.05)")
     p.add_argument("--walk-check", action="store_true",
                    help="instead of the full evaluation: walk the segmenter from truth-placed starts (each large lesion's key slice and last slice), no detector; per lesion kind Dice, long-axis error, lost walks (a few seconds: screens segmenter weights)")
+    p.add_argument("--key-check", action="store_true",
+                   help="instead of the full evaluation: the key-slice FROC alone (the detector on the truth lesions' key slices, "
+                        "boxes from the segmenter, as the full evaluation scores them), with hits, boxes off and misses per lesion type "
+                        "and size (a minute or two for 30 x 2: screens detector weights and the analyzer's key-slice fit)")
     p.add_argument("--walk-min-mm", type=float, default=None, help="--walk-check: lesions at least this long (default 25 mm)")
     p.add_argument("--walk-png", type=Path, default=None,
                    help="--walk-check: write the 12 worst walks as one PNG (widest slice, truth outlined green, walked mask red)")
@@ -54,6 +58,8 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.walk_check and args.lesions is not None:
         raise CommandError("--lesions reports the full evaluation; --walk-check writes its per-lesion walks with --json")
+    if args.key_check and (args.walk_check or args.lesions is not None):
+        raise CommandError("--key-check is a check of its own: use it without --walk-check and --lesions")
     warnings = []
     if args.cohort is not None:
         folders = cohort_mod.study_folders(args.cohort)
@@ -104,6 +110,13 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
                 "(--seed 0 --first-patient 10000 for the validation patients, 20000 and up for unseen ones)"
             )
         return _walk_check(args, studies, backend, description, warnings)
+    if args.key_check:
+        if args.cohort is None and (args.seed is None or args.seed == cohort_mod.HELD_OUT_COHORT_SEED):
+            warnings.append(
+                "this is the held-out cohort: to choose between detectors or fits, check other patients "
+                "(--seed 0 --first-patient 20000 and up are patients training never draws)"
+            )
+        return _key_check(args, studies, backend, description, warnings, total)
     try:
         models = backend.model_versions()
         summary, scores = evaluate_cohort(studies, backend, settings, total=total, froc_threshold=args.froc_threshold)
@@ -147,6 +160,43 @@ def _write_lesions(path: Path, rows: list[dict[str, object]]) -> None:
         writer = csv.DictWriter(f, fieldnames=LESION_COLUMNS)
         writer.writeheader()
         writer.writerows({k: "" if row[k] is None else row[k] for k in LESION_COLUMNS} for row in rows)
+
+
+def _key_check(args: argparse.Namespace, studies, backend, description: str, warnings: list[str], total: int | None) -> int:
+    """``--key-check``: the key-slice FROC alone, as a table (and JSON with ``--json``)."""
+    from node.cli import CommandError
+    from node.eval.report import LABEL
+    from node.eval.runner import key_slice_check
+    from node.inference.backend import InferenceError
+
+    try:
+        models = backend.model_versions()
+        summary = key_slice_check(studies, backend, froc_threshold=args.froc_threshold, total=total)
+    except InferenceError as exc:
+        raise CommandError(f"inference failed: {exc}") from exc
+    finally:
+        backend.close()
+    froc = summary["froc"]
+    if not froc.get("lesions"):
+        raise CommandError("no analysable study with a lesion in the cohort: add patients")
+    print(f"key-slice check ({LABEL}): {description}")
+    print(f"criterion: {summary['criterion']}")
+    rates = "  ".join(f"{r}: {v:.3f}" for r, v in froc["sensitivity"].items())
+    print(f"sensitivity at FPs per image  {rates}")
+    print(f"any score: {froc['max_sensitivity']:.3f}; {froc['lesions']} lesions on {froc['images']} key images, "
+          f"{summary['candidates_per_image']:.2f} candidates per key image")
+    print(f"{'':14s} {'lesions':>7s} {'hit':>5s} {'box IoU < 0.5':>13s} {'missed':>6s}")
+    for table in ("by_size", "by_type"):
+        for key, row in summary[table].items():
+            print(f"{key:14s} {row['lesions']:7d} {row['hit']:5d} {row['box IoU < 0.5']:13d} {row['missed']:6d}")
+    for warning in warnings:
+        print(f"warning: {warning}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"label": LABEL, "cohort": {"description": description}, "models": models,
+                                         "key_check": summary, "warnings": warnings}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _walk_check(args: argparse.Namespace, studies, backend, description: str, warnings: list[str]) -> int:

@@ -152,12 +152,15 @@ class LesionDetector(nn.Module):
 
     HEADS = ("typed", "objectness")
 
-    def __init__(self, head: str = "typed") -> None:
+    def __init__(self, head: str = "typed", fine_stem: bool = False) -> None:
         super().__init__()
         if head not in self.HEADS:
             raise ValueError(f"head: expected one of {self.HEADS}, got {head!r}")
         self.head = head
-        self.s1 = nn.Sequential(_conv(6, 8, 2), _conv(8, 8))  # 1/2; 3 slices x 2 windows
+        # 3 slices x 2 windows in; ``fine_stem``: one convolution at the canvas's own 2 mm pixels
+        # first, so a 3-10 mm lesion is seen before the first downsampling.
+        stem = [_conv(6, 8), _conv(8, 8, 2)] if fine_stem else [_conv(6, 8, 2)]
+        self.s1 = nn.Sequential(*stem, _conv(8, 8))  # 1/2
         self.s2 = nn.Sequential(_conv(8, 16, 2), _conv(16, 16))  # 1/4
         self.s3 = nn.Sequential(_conv(16, 32, 2), _conv(32, 32))  # 1/8
         g = DETECTOR_GROUPS

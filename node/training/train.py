@@ -300,13 +300,14 @@ def train_lesion_detector(
     negatives: int = 2,
     small_lesions: int = 1,
     head: str = "typed",
+    fine_stem: bool = False,
 ) -> TrainResult:
     """CenterNet training of the detector (``head``: ``LesionDetector``'s). The objectness head
     learns the type-blind heatmap (the largest of the typed targets) with the same focal loss, and
     the type by cross-entropy on the cells that hold a lesion's centre."""
     t0 = time.perf_counter()
     samples = detector_samples(studies, rng=rng, per_lesion=per_lesion, negatives=negatives, small_lesions=small_lesions)
-    model = build("lesion_detector", head=head)
+    model = build("lesion_detector", head=head, fine_stem=fine_stem)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     total = epochs * ((len(samples) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total, pct_start=0.15)

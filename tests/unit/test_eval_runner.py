@@ -263,3 +263,30 @@ def test_in_memory_cohort_follows_the_cohort_version():
 
     assert lesions(None) == lesions(COHORT_VERSION) == lesions(3)
     assert lesions(1) != lesions(2) != lesions(3)
+
+
+def test_key_check_gives_the_full_evaluations_key_slice_figures(tmp_path, capsys):
+    # `ainode eval --key-check` runs the detector on key images only: the key-slice FROC and each
+    # lesion's result must be the full evaluation's, to the digit.
+    cohort = list(cohort_mod.synthetic_cohort(patients=2, timepoints=1, seed=0, first_patient=20000, num_slices=50))
+    assert sum(len(s.lesions) for s in cohort) >= 2
+    backend = OnnxBackend(Settings().model_repository)
+    scores = [runner.evaluate_study(s, runner.DetectorCache(backend)) for s in cohort]
+    full = runner.summarize(scores, Settings())["detection"]["key_slice"]
+    check = runner.key_slice_check(cohort, backend, progress=False)
+    assert {k: check["froc"][k] for k in ("sensitivity", "candidates", "images", "lesions")} == {
+        k: full[k] for k in ("sensitivity", "candidates", "images", "lesions")
+    }
+    counted = {r: sum(v[r] for v in check["by_type"].values()) for r in ("hit", "box IoU < 0.5", "missed")}
+    rows = [row for score in scores for row in score.lesions]
+    assert counted == {r: sum(1 for row in rows if row["key_slice_result"] == r) for r in counted}
+    assert sum(v["lesions"] for v in check["by_size"].values()) == len(rows)
+
+    out = tmp_path / "key.json"
+    rc = main(["--data-dir", str(tmp_path / "state"), "eval", "--key-check", "--seed", "0", "--first-patient", "20000",
+               "--patients", "2", "--timepoints", "1", "--slices", "50", "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "key-slice check (synthetic-cohort figures, not clinical)" in printed and "box IoU < 0.5" in printed
+    assert json.loads(out.read_text())["key_check"]["froc"]["sensitivity"] == check["froc"]["sensitivity"]
+    assert main(["--data-dir", str(tmp_path / "state"), "eval", "--key-check", "--walk-check"]) == 1

@@ -107,7 +107,8 @@ def test_decoded_targets_give_the_box_back() -> None:
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("lesion_segmenter", {}), ("lesion_embedder", {}), ("lesion_detector", {"head": "typed"}), ("lesion_detector", {"head": "objectness"})],
+    [("lesion_segmenter", {}), ("lesion_embedder", {}), ("lesion_detector", {"head": "typed"}), ("lesion_detector", {"head": "objectness"}),
+     ("lesion_detector", {"fine_stem": True})],
 )
 def test_onnx_export_matches_torch(tmp_path: Path, name: str, options: dict) -> None:
     torch.manual_seed(0)
