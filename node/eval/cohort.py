@@ -55,6 +55,11 @@ class EvalStudy:
         k = np.arange(self.volume.pixels.shape[0], dtype=np.float64)
         return self.volume.affine[2, 2] * k + self.volume.affine[2, 3]
 
+    def body_z(self) -> np.ndarray:
+        """Body-frame z (mm) of every slice: where along the phantom's body it lies, whatever
+        the table position (``body_frame``'s z)."""
+        return self.slice_z() - self.pose.get("shift_z_mm", 0.0)
+
     def body_frame(self, point: tuple[float, float, float]) -> np.ndarray:
         """A patient-coordinate point in the phantom's body frame (mm), pose removed."""
         theta = np.deg2rad(self.pose.get("rotation_deg", 0.0))

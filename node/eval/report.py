@@ -116,6 +116,8 @@ def format_table(result: dict) -> str:
         f"RECIST MAE: long {_fmt(s['recist']['long_axis_mae_mm'], 'mm', 2)}, short {_fmt(s['recist']['short_axis_mae_mm'], 'mm', 2)}"
         f" ({s['recist']['without_measurement']} matched lesions without a measurement)",
         f"body-part score Spearman with z (mean per volume): {_fmt(s['body_part']['spearman'])}",
+        f"body-part score across patients (all slices pooled, body-frame z): Spearman {_fmt(s['body_part'].get('spearman_pooled'))}, "
+        f"z about a line through the score: SD {_fmt(s['body_part'].get('z_spread_mm'), 'mm', 0)} (reported: the embedder's z cue)",
     ]
     r = s["retrieval"]
     lines.append(

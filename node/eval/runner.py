@@ -148,6 +148,7 @@ class StudyScore:
     truth_embedded: list[retrieval.TruthEmbedding] = field(default_factory=list)
     found_lesions: int = 0
     spearman: float | None = None
+    body_part: tuple[np.ndarray, np.ndarray] | None = None  # (score, body-frame z mm) of every slice
     seconds: float = 0.0
     lesions: list[dict[str, object]] = field(default_factory=list)  # one row per truth lesion (``lesion_rows``)
 
@@ -428,6 +429,7 @@ def evaluate_study(
         truth_embedded=truth_embedded,
         found_lesions=len(analysis.lesions),
         spearman=spearman,
+        body_part=(np.asarray(analysis.body_part_scores, dtype=np.float64), study.body_z()),
         seconds=time.perf_counter() - t0,
         lesions=lesion_rows(
             study, key_candidates=key_candidates, volume_candidates=volume_candidates, matched=matched, reason=analysis.not_analysed
@@ -523,6 +525,23 @@ def _froc(candidates: list[Candidate], *, n_truth: int, n_images: int) -> dict[s
     }
 
 
+def _across_patients(scores: Sequence[StudyScore]) -> dict[str, float | None]:
+    """How far the body-part score is one body position in every patient (the embedder's z cue
+    compares lesions of different patients by it): Spearman of every slice's score with its
+    body-frame z, all studies pooled, and the spread (SD, mm) of z about a line fitted to the
+    score. The per-volume Spearman (the target) cannot see a score that is ordered in each
+    patient but offset or stretched from one patient to the next."""
+    pairs = [s.body_part for s in scores if s.body_part is not None and len(s.body_part[0]) == len(s.body_part[1])]
+    if len(pairs) < 2:
+        return {"spearman_pooled": None, "z_spread_mm": None}
+    score = np.concatenate([p[0] for p in pairs])
+    z = np.concatenate([p[1] for p in pairs])
+    if np.ptp(score) == 0:
+        return {"spearman_pooled": None, "z_spread_mm": None}
+    slope, intercept = np.polyfit(score, z, 1)
+    return {"spearman_pooled": metrics.spearman(score, z), "z_spread_mm": float(np.std(z - (slope * score + intercept)))}
+
+
 def _mean(values: Iterable[float | None]) -> float | None:
     kept = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(kept)) if kept else None
@@ -555,7 +574,7 @@ def summarize(scores: list[StudyScore], settings: Settings) -> dict[str, object]
             "lesions": sum(m.long_axis_error_mm is not None for m in matched),
             "without_measurement": sum(m.long_axis_error_mm is None for m in matched),
         },
-        "body_part": {"spearman": _mean(s.spearman for s in analysed), "volumes": len(analysed)},
+        "body_part": {"spearman": _mean(s.spearman for s in analysed), "volumes": len(analysed), **_across_patients(analysed)},
         "type": {"detector_accuracy": _mean(float(m.truth_type == m.predicted_type) for m in matched)},
     }
 

@@ -74,7 +74,7 @@ def oracle_analysis(study: cohort_mod.EvalStudy) -> Analysis:
                 embedding=emb,
             )
         )
-    z = study.slice_z()
+    z = study.body_z()  # a perfect regressor: the same score at the same body position in every patient
     return Analysis(lesions=lesions, body_part_scores=(z / 10.0).astype(np.float32))
 
 
@@ -101,9 +101,16 @@ def test_perfect_models_score_perfectly(studies):
                 matched=matched,
                 found_lesions=len(matched),
                 spearman=1.0,
+                body_part=(oracle_analysis(study).body_part_scores, study.body_z()),
             )
         )
     summary = runner.summarize(scores, Settings())
+    # A body-part score that is one body position in every patient: pooled over the studies too.
+    assert summary["body_part"]["spearman_pooled"] == pytest.approx(1.0)
+    assert summary["body_part"]["z_spread_mm"] == pytest.approx(0.0, abs=1e-3)
+    # One that is ordered in each patient but offset from one to the next (the table's position):
+    offset = [replace(sc, body_part=(sc.body_part[0] + 30.0 * i, sc.body_part[1])) for i, sc in enumerate(scores)]
+    assert runner.summarize(offset, Settings())["body_part"]["z_spread_mm"] > 50.0
     assert summary["detection"]["key_slice"]["sensitivity"]["0.5"] == 1.0
     assert summary["detection"]["per_volume"]["sensitivity"]["4.0"] == 1.0
     assert summary["segmentation"]["dice"] == 1.0
