@@ -139,14 +139,20 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         "warnings": warnings,
     }
     print(format_table(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     if args.lesions is not None:
         _write_lesions(args.lesions, [row for s in scores for row in s.lesions])
         print(f"wrote {args.lesions}")
     return 0
+
+
+def _write_json(path: Path | None, payload: dict) -> None:
+    """``--json``: write ``payload`` there (nothing without a path)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {path}")
 
 
 def _write_lesions(path: Path, rows: list[dict[str, object]]) -> None:
@@ -191,11 +197,7 @@ def _key_check(args: argparse.Namespace, studies, backend, description: str, war
             print(f"{key:14s} {row['lesions']:7d} {row['hit']:5d} {row['box IoU < 0.5']:13d} {row['missed']:6d}")
     for warning in warnings:
         print(f"warning: {warning}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"label": LABEL, "cohort": {"description": description}, "models": models,
-                                         "key_check": summary, "warnings": warnings}, indent=1))
-        print(f"wrote {args.json}")
+    _write_json(args.json, {"label": LABEL, "cohort": {"description": description}, "models": models, "key_check": summary, "warnings": warnings})
     return 0
 
 
@@ -227,11 +229,7 @@ def _walk_check(args: argparse.Namespace, studies, backend, description: str, wa
     for w in warnings:
         print(f"warning: {w}")
     print(format_walk_check(summary, min_mm))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"label": LABEL, "cohort": {"description": description}, "models": models,
-                                         "min_mm": min_mm, "summary": summary, "walks": rows}, indent=1))
-        print(f"wrote {args.json}")
+    _write_json(args.json, {"label": LABEL, "cohort": {"description": description}, "models": models, "min_mm": min_mm, "summary": summary, "walks": rows})
     if args.walk_png is not None:
         args.walk_png.parent.mkdir(parents=True, exist_ok=True)
         args.walk_png.write_bytes(walk_png(rows, tiles or []))
