@@ -4,7 +4,8 @@
 embedded from its annotated key slice and box, and for each query the nearest lesions of other
 patients are retrieved. :func:`embed_truth_lesions` does that here for every truth lesion of a
 study, with the preprocessing the node itself uses (``node.inference.analyzer.box_crop`` and
-``embedder_input``: the crop around the box centre, side twice the larger box side, and the cues
+``embedder_input``: the crop around the box centre, the larger box side padded by 50 mm each side
+(``node.inference.preprocess.embed_crop_side``, the seed's), and the cues
 from the body mask and the body-part regressor's score), the same functions
 ``node.training.train.embedder_data`` feeds the embedder with in training.
 

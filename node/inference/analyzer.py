@@ -256,7 +256,7 @@ class Analyzer:
         for item in segmented:
             # Embed a lesion from its measured key-slice box, as training and the evaluation embed
             # annotated lesions (box_crop); from the crop it was found in when there is no mask.
-            center_rc, side = item["center_rc"], item["side"]
+            center_rc, side = item["center_rc"], pp.embed_crop_side(item["side"] / 2.0)
             if item["key_box"] is not None:
                 center_rc, side = box_crop(item["key_box"], volume.spacing)
             image, cue = embedder_input(
@@ -646,10 +646,12 @@ def body_mask(canvas: pp.Canvas) -> np.ndarray:
     return canvas.pixels > pp.window(np.array(-500.0))
 
 
-def box_crop(box: tuple[float, float, float, float], spacing: tuple[float, float, float]) -> tuple[tuple[float, float], float]:
-    """Centre (row, col) and crop side (mm) of an annotated lesion box (col0, row0, col1, row1)."""
+def box_crop(
+    box: tuple[float, float, float, float], spacing: tuple[float, float, float], *, scale: float = 1.0
+) -> tuple[tuple[float, float], float]:
+    """Centre (row, col) and embedder crop side (mm) of a lesion box (col0, row0, col1, row1)."""
     c0, r0, c1, r1 = box
-    return ((r0 + r1) / 2.0, (c0 + c1) / 2.0), pp.crop_geometry(max((r1 - r0) * spacing[1], (c1 - c0) * spacing[2]))
+    return ((r0 + r1) / 2.0, (c0 + c1) / 2.0), pp.embed_crop_side(scale * max((r1 - r0) * spacing[1], (c1 - c0) * spacing[2]))
 
 
 def embedder_input(

@@ -142,12 +142,25 @@ def detector_inputs(canvas: Canvas, keys: np.ndarray) -> np.ndarray:
 
 
 def crop_geometry(box_mm: float) -> float:
-    """Side in mm of the square crop around a lesion whose larger box side is ``box_mm``.
+    """Side in mm of the segmenter's square crop around a lesion whose larger box side is ``box_mm``.
 
-    The seed pads 50 mm around the box; crops here are 2x the box, at least 32 mm, so small
-    lesions keep enough pixels on the 64-pixel crop.
+    The seed pads 50 mm around the box; the segmenter's crops are 2x the box, at least 32 mm, so
+    small lesions keep enough pixels on the 64-pixel crop (the embedder's: ``embed_crop_side``).
     """
     return float(np.clip(2.0 * box_mm, 32.0, 256.0))
+
+
+EMBED_PAD_MM = 50.0  # embedder crop: context around the lesion box, the seed's padding
+
+
+def embed_crop_side(box_mm: float) -> float:
+    """Side in mm of the embedder's square crop around a lesion whose larger box side is ``box_mm``.
+
+    The seed's: the box padded by EMBED_PAD_MM on each side, so the crop shows the organ and
+    vessels around the lesion, which tell its type where the lesion alone does not (a bone lesion
+    from a kidney cyst, a lymph node from its neighbours); at most 256 mm.
+    """
+    return float(np.clip(box_mm + 2.0 * EMBED_PAD_MM, 32.0, 256.0))
 
 
 def lesion_crop(

@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detector-small-lesions", type=int, default=1,
                    help=f"detector: windows per lesion under {SMALL_LESION_MM:g} mm, as a multiple of the others' (default 1, the committed recipe; "
                         "3 found more lesions per volume but fewer on their key slices: see the detector's card)")
+    p.add_argument("--detector-large-lesions", type=int, default=1,
+                   help=f"detector: windows per lesion of {LARGE_LESION_MM:g} mm or more, as a multiple of the others' (default 1)")
     p.add_argument("--detector-negatives", type=int, default=6, help="detector windows without a lesion per study (default 6)")
     p.add_argument("--detector-head", choices=("typed", "objectness"), default="typed",
                    help="detector heatmap: typed (one per lesion type, CenterNet's) or objectness (one type-blind heatmap "
@@ -157,6 +159,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             result = train.train_lesion_detector(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
                 per_lesion=args.detector_per_lesion, negatives=args.detector_negatives, head=args.detector_head,
                 fine_stem=args.detector_fine_stem, small_lesions=args.detector_small_lesions,
+                large_lesions=args.detector_large_lesions,
             )
         elif model_name == "lesion_segmenter":
             result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation,

@@ -244,9 +244,11 @@ def detector_samples(
     per_lesion: int = 3,
     negatives: int = 2,
     small_lesions: int = 1,
+    large_lesions: int = 1,
 ) -> list[dict[str, np.ndarray]]:
     """Training windows: 9 canvas slices cropped to 128x128 with their targets (float16 images);
-    ``per_lesion`` per lesion, ``small_lesions`` times as many for a lesion under SMALL_LESION_MM."""
+    ``per_lesion`` per lesion, ``small_lesions`` times as many for a lesion under SMALL_LESION_MM
+    and ``large_lesions`` times as many for one of LARGE_LESION_MM or more."""
     samples = []
     half = DETECTOR_CROP // 2
     for study in studies:
@@ -256,7 +258,9 @@ def detector_samples(
         for lesion in study.lesions:
             kc, rc, cc = canvas.from_volume(lesion.key_slice, (lesion.box[1] + lesion.box[3]) / 2, (lesion.box[0] + lesion.box[2]) / 2)
             reach = 1 if study.labels is None else max(1, int(lesion.long_axis_mm / 2 / pp.SLICE_MM * 0.6))
-            for _ in range(windows_per_lesion(per_lesion, small_lesions, lesion.long_axis_mm < SMALL_LESION_MM)):
+            small = lesion.long_axis_mm < SMALL_LESION_MM
+            multiple, weighed = (small_lesions, True) if small else (large_lesions, lesion.long_axis_mm >= LARGE_LESION_MM)
+            for _ in range(windows_per_lesion(per_lesion, multiple, weighed)):
                 dk = 0 if study.labels is None else int(rng.integers(-reach, reach + 1))
                 keys.append((int(np.clip(round(kc) + dk, 0, n - 1)), (rc, cc)))
         for _ in range(negatives):
@@ -301,12 +305,15 @@ def train_lesion_detector(
     small_lesions: int = 1,
     head: str = "typed",
     fine_stem: bool = False,
+    large_lesions: int = 1,
 ) -> TrainResult:
     """CenterNet training of the detector (``head``: ``LesionDetector``'s). The objectness head
     learns the type-blind heatmap (the largest of the typed targets) with the same focal loss, and
     the type by cross-entropy on the cells that hold a lesion's centre."""
     t0 = time.perf_counter()
-    samples = detector_samples(studies, rng=rng, per_lesion=per_lesion, negatives=negatives, small_lesions=small_lesions)
+    samples = detector_samples(
+        studies, rng=rng, per_lesion=per_lesion, negatives=negatives, small_lesions=small_lesions, large_lesions=large_lesions
+    )
     model = build("lesion_detector", head=head, fine_stem=fine_stem)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     total = epochs * ((len(samples) + batch_size - 1) // batch_size)
@@ -561,15 +568,15 @@ class EmbedderData:
     tracks: np.ndarray  # (N,) "patient/track" of each lesion, "" where no track is known
 
 
-CROP_JITTER = (0.85, 1.2)  # embedder training: crop side factor range (the analyzer's box is not the truth's)
+CROP_JITTER = (0.85, 1.2)  # embedder training: box side factor range (the analyzer's box is not the truth's)
 
 
 def embedder_data(
     studies: Iterable[TrainStudy], ssbr: Callable[[TrainStudy], np.ndarray], *, rng: np.random.Generator | None = None
 ) -> EmbedderData:
-    """One embedder input per annotated lesion; with ``rng``, each crop's side is scaled by a factor
-    in ``CROP_JITTER`` and its centre moved by about 5% of the side, as a found lesion's box differs
-    from its annotation."""
+    """One embedder input per annotated lesion; with ``rng``, each box's side is scaled by a factor
+    in ``CROP_JITTER`` before the crop is padded around it, and the centre moved by about 10% of
+    the box side, as a found lesion's box differs from its annotation."""
     images, cues, types, sizes, patients, keys, tracks = [], [], [], [], [], [], []
     for study in studies:
         if not study.lesions:
@@ -578,10 +585,12 @@ def embedder_data(
         canvas = pp.make_canvas(study.pixels, study.spacing)
         body = body_mask(canvas)
         for lesion in study.lesions:
-            centre, side = box_crop(lesion.box, study.spacing)
-            if rng is not None:
-                side *= float(rng.uniform(*CROP_JITTER))
-                shift = rng.normal(0.0, 0.05 * side, 2) / np.asarray(study.spacing[1:])
+            scale = float(rng.uniform(*CROP_JITTER)) if rng is not None else 1.0
+            centre, side = box_crop(lesion.box, study.spacing, scale=scale)
+            if rng is not None:  # the centre moves by about 10% of the (scaled) box side
+                c0, r0, c1, r1 = lesion.box
+                box_mm = scale * max((r1 - r0) * study.spacing[1], (c1 - c0) * study.spacing[2])
+                shift = rng.normal(0.0, 0.1 * box_mm, 2) / np.asarray(study.spacing[1:])
                 centre = (centre[0] + float(shift[0]), centre[1] + float(shift[1]))
             image, cue = embedder_input(
                 study.pixels, study.spacing, canvas, body, key_slice=lesion.key_slice, center_rc=centre, side_mm=side,

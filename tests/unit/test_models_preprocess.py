@@ -51,3 +51,17 @@ def test_bad_canvas_arguments() -> None:
         pp.make_canvas(np.zeros((4, 4)), (1.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="spacing"):
         pp.make_canvas(np.zeros((4, 4, 4)), (0.0, 1.0, 1.0))
+
+
+def test_embedder_crop_is_the_box_padded_by_the_seed_context() -> None:
+    from node.inference.analyzer import box_crop
+
+    # A 10 mm box (20 px at 0.5 mm): the embedder sees it with 50 mm around it, 110 mm in all,
+    # where the segmenter's crop is 2x the box, at least 32 mm.
+    centre, side = box_crop((100.0, 80.0, 120.0, 90.0), (2.0, 0.5, 0.5))
+    assert centre == (85.0, 110.0)
+    assert side == pytest.approx(10.0 + 2 * pp.EMBED_PAD_MM) == pytest.approx(110.0)
+    assert pp.crop_geometry(10.0) == 32.0
+    # A jittered box is scaled before it is padded; a very large one stops at 256 mm.
+    assert box_crop((100.0, 80.0, 120.0, 90.0), (2.0, 0.5, 0.5), scale=1.2)[1] == pytest.approx(112.0)
+    assert pp.embed_crop_side(200.0) == 256.0
