@@ -258,7 +258,7 @@ def test_segmenter_samples_can_weigh_large_lesions() -> None:
     assert len(three) == len(one) + 2 * 2 * large
 
 
-def test_detector_samples_can_weigh_small_lesions() -> None:
+def test_detector_samples_can_weigh_small_and_large_lesions() -> None:
     # `--detector-small-lesions N`: N times the windows for a lesion under 12 mm, the same number
     # for the others and the same negatives.
     from node.training import datasets
@@ -269,6 +269,13 @@ def test_detector_samples_can_weigh_small_lesions() -> None:
     one = train.detector_samples(studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1)
     three = train.detector_samples(studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1, small_lesions=3)
     assert len(three) == len(one) + 2 * 2 * small
+    # `--detector-large-lesions N` likewise for a lesion of 30 mm or more.
+    large = sum(1 for s in studies for les in s.lesions if les.long_axis_mm >= train.LARGE_LESION_MM)
+    assert large > 0
+    both = train.detector_samples(
+        studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1, small_lesions=3, large_lesions=2
+    )
+    assert len(both) == len(three) + 2 * 1 * large
 
 
 def test_segmenter_crop_jitter_sets_how_much_of_the_crop_a_lesion_fills() -> None:
