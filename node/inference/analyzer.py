@@ -255,10 +255,11 @@ class Analyzer:
         body = body_mask(canvas)
         for item in segmented:
             # Embed a lesion from its measured key-slice box, as training and the evaluation embed
-            # annotated lesions (box_crop); from the crop it was found in when there is no mask.
-            center_rc, side = item["center_rc"], pp.embed_crop_side(item["side"] / 2.0)
+            # annotated lesions (box_crop); from the size it was fitted at when there is no mask.
             if item["key_box"] is not None:
                 center_rc, side = box_crop(item["key_box"], volume.spacing)
+            else:
+                center_rc, side = item["center_rc"], pp.embed_crop_side(item["size_mm"])
             image, cue = embedder_input(
                 volume.pixels, volume.spacing, canvas, body, key_slice=item["key_slice"], center_rc=center_rc,
                 side_mm=side, body_part_score=float(body_part_scores[item["key_slice"]]),
@@ -570,10 +571,9 @@ def _keep(local: np.ndarray, origin: tuple[int, int], centre: tuple[float, float
 
 def _assemble(fit: Fit, found: dict[int, SliceMask]) -> dict:
     """A walk's slices as one bounding-box mask, with its key slice where the mask is largest."""
-    side = pp.crop_geometry(fit.size_mm)
     if not found:
         return {
-            "key_slice": fit.key_slice, "center_rc": fit.center_rc, "side": side,
+            "key_slice": fit.key_slice, "center_rc": fit.center_rc, "size_mm": fit.size_mm,
             "mask": np.zeros((1, 1, 1), dtype=bool), "offset": (fit.key_slice, 0, 0), "key_m": 0, "key_box": None,
         }
     zs = sorted(found)
@@ -586,7 +586,7 @@ def _assemble(fit: Fit, found: dict[int, SliceMask]) -> dict:
     return {
         "key_slice": zs[0] + key_m,
         "center_rc": fit.center_rc,
-        "side": side,
+        "size_mm": fit.size_mm,
         "mask": mask,
         "offset": (zs[0], r0, c0),
         "key_m": key_m,
@@ -649,9 +649,16 @@ def body_mask(canvas: pp.Canvas) -> np.ndarray:
 def box_crop(
     box: tuple[float, float, float, float], spacing: tuple[float, float, float], *, scale: float = 1.0
 ) -> tuple[tuple[float, float], float]:
-    """Centre (row, col) and embedder crop side (mm) of a lesion box (col0, row0, col1, row1)."""
+    """Centre (row, col) and embedder crop side (mm) of a lesion box (col0, row0, col1, row1),
+    its larger side scaled by ``scale`` before it is padded."""
     c0, r0, c1, r1 = box
-    return ((r0 + r1) / 2.0, (c0 + c1) / 2.0), pp.embed_crop_side(scale * max((r1 - r0) * spacing[1], (c1 - c0) * spacing[2]))
+    return ((r0 + r1) / 2.0, (c0 + c1) / 2.0), pp.embed_crop_side(scale * box_side_mm(box, spacing))
+
+
+def box_side_mm(box: tuple[float, float, float, float], spacing: tuple[float, float, float]) -> float:
+    """The larger side in mm of a lesion box (col0, row0, col1, row1) on a slice of ``spacing``."""
+    c0, r0, c1, r1 = box
+    return max((r1 - r0) * spacing[1], (c1 - c0) * spacing[2])
 
 
 def embedder_input(

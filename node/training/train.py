@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from node.inference import preprocess as pp
-from node.inference.analyzer import SliceMask, body_mask, box_crop, embedder_input
+from node.inference.analyzer import SliceMask, body_mask, box_crop, box_side_mm, embedder_input
 from node.inference.backend import DEFAULT_MASK_THRESHOLD
 from node.training.datasets import (
     LARGE_LESION_MM,
@@ -258,9 +258,9 @@ def detector_samples(
         for lesion in study.lesions:
             kc, rc, cc = canvas.from_volume(lesion.key_slice, (lesion.box[1] + lesion.box[3]) / 2, (lesion.box[0] + lesion.box[2]) / 2)
             reach = 1 if study.labels is None else max(1, int(lesion.long_axis_mm / 2 / pp.SLICE_MM * 0.6))
-            small = lesion.long_axis_mm < SMALL_LESION_MM
-            multiple, weighed = (small_lesions, True) if small else (large_lesions, lesion.long_axis_mm >= LARGE_LESION_MM)
-            for _ in range(windows_per_lesion(per_lesion, multiple, weighed)):
+            size = lesion.long_axis_mm
+            multiple = small_lesions if size < SMALL_LESION_MM else large_lesions if size >= LARGE_LESION_MM else 1
+            for _ in range(windows_per_lesion(per_lesion, multiple, True)):
                 dk = 0 if study.labels is None else int(rng.integers(-reach, reach + 1))
                 keys.append((int(np.clip(round(kc) + dk, 0, n - 1)), (rc, cc)))
         for _ in range(negatives):
@@ -588,9 +588,7 @@ def embedder_data(
             scale = float(rng.uniform(*CROP_JITTER)) if rng is not None else 1.0
             centre, side = box_crop(lesion.box, study.spacing, scale=scale)
             if rng is not None:  # the centre moves by about 10% of the (scaled) box side
-                c0, r0, c1, r1 = lesion.box
-                box_mm = scale * max((r1 - r0) * study.spacing[1], (c1 - c0) * study.spacing[2])
-                shift = rng.normal(0.0, 0.1 * box_mm, 2) / np.asarray(study.spacing[1:])
+                shift = rng.normal(0.0, 0.1 * (scale * box_side_mm(lesion.box, study.spacing)), 2) / np.asarray(study.spacing[1:])
                 centre = (centre[0] + float(shift[0]), centre[1] + float(shift[1]))
             image, cue = embedder_input(
                 study.pixels, study.spacing, canvas, body, key_slice=lesion.key_slice, center_rc=centre, side_mm=side,
