@@ -24,7 +24,9 @@ from node.lesions.records import Lesion, LesionType
 logger = logging.getLogger(__name__)
 
 LESION_TYPES: tuple[LesionType, ...] = tuple(LesionType)  # model class order
-SSBR_SCORE_SCALE = 10.0  # body-part scores are divided by this for the embedder's z cue
+# The body-part score rises about 0.01 per mm of body (-5 to +4 from pelvis to neck); divided by
+# this, the embedder's z cue moves one unit per 250 mm, as x and y move one per body width.
+SSBR_SCORE_SCALE = 2.5
 
 MIN_ROWS = 64
 MIN_FOV_MM = 120.0

@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"parameter ainode_mask_threshold) and used for the validation figures (default {DEFAULT_MASK_THRESHOLD:g}, the cut of a "
                         "segmenter whose files name none; the committed weights carry 0.35, chosen with `ainode eval --walk-check --mask-cut`; "
                         "choose it again for new weights)")
+    p.add_argument("--ssbr-consistency", type=float, default=None, metavar="WEIGHT",
+                   help="body-part regressor: weight of the term that gives two crops of the same slices one score "
+                        "(default 1.0; 0 leaves it out, the seed's losses alone)")
     p.add_argument("--ssbr-steps", type=int, default=3000, help="body-part regressor steps (default 3000)")
     p.add_argument("--embedder-timepoints", type=int, default=5, help="embedder: studies per training patient (default 5: each lesion seen at five sizes and poses, and same-lesion pairs over up to four intervals for the track term)")
     p.add_argument("--embedder-steps", type=int, default=400, help="embedder triplet steps before refinement (default 400)")
@@ -154,7 +157,10 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
         medium = _medium_every(args, model_name)
         rng = train.seed_everything(args.seed)  # per model: `train all` gives what each model's own command gives
         if model_name == "body_part_regressor":
-            result = train.train_body_part_regressor(studies(medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale))
+            result = train.train_body_part_regressor(
+                studies(medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale),
+                consistency_weight=train.SSBR_CONSISTENCY if args.ssbr_consistency is None else args.ssbr_consistency,
+            )
         elif model_name == "lesion_detector":
             result = train.train_lesion_detector(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
                 per_lesion=args.detector_per_lesion, negatives=args.detector_negatives, head=args.detector_head,

@@ -67,6 +67,15 @@ def ssbr_loss(scores: torch.Tensor) -> torch.Tensor:
     return (order + dist).mean()
 
 
+def ssbr_consistency_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two views' scores of the same slices, (volumes, m) each."""
+    return F.mse_loss(first, second)
+
+
+#: Weight of :func:`ssbr_consistency_loss` (``ainode train --ssbr-consistency``).
+SSBR_CONSISTENCY = 1.0
+
+
 def _ssbr_stack(study: TrainStudy) -> np.ndarray:
     return pp.ssbr_inputs(pp.make_canvas(study.pixels, study.spacing))[:, 0]
 
@@ -89,9 +98,21 @@ def train_body_part_regressor(
     steps: int = 400,
     volumes_per_batch: int = 8,
     m: int = 8,
+    consistency_weight: float = SSBR_CONSISTENCY,
     progress: bool = True,
 ) -> TrainResult:
-    """SSBR: self-supervised from slice order; a second phase oversamples hard volumes."""
+    """SSBR: self-supervised from slice order; a second phase oversamples hard volumes.
+
+    The order and distance losses see only differences between one sequence's scores, so they
+    leave each volume free to take its own offset: a score can be ordered in every patient and
+    still not one body position across patients. With ``consistency_weight`` > 0 every sequence
+    is drawn twice, each time with its own random crop (zoom and position), and the mean squared
+    difference of the two views' scores (:func:`ssbr_consistency_loss`) is added with that
+    weight: a slice's score may then not depend on how the slice is cropped, which is how it
+    drifted from patient to patient (triton_models/cards/body_part_regressor.md).
+    """
+    if consistency_weight < 0:
+        raise ValueError(f"consistency_weight: must be 0 or more, got {consistency_weight}")
     t0 = time.perf_counter()
     stacks = [_ssbr_stack(s) for s in studies]
     stacks = [s for s in stacks if len(s) >= m + 1]
@@ -109,6 +130,8 @@ def train_body_part_regressor(
             k = int(rng.integers(1, max(2, (n - 1) // (m - 1)) + 1))
             j = int(rng.integers(0, n - k * (m - 1)))
             seqs.append(_random_crop(stacks[i][j : j + k * (m - 1) + 1 : k], rng))
+            if consistency_weight > 0:  # the same slices again, cropped afresh (rows 2i and 2i + 1)
+                seqs.append(_random_crop(stacks[i][j : j + k * (m - 1) + 1 : k], rng))
         return torch.from_numpy(np.stack(seqs)[:, :, None].astype(np.float32))
 
     def run(n_steps: int, desc: str) -> float:
@@ -118,6 +141,8 @@ def train_body_part_regressor(
             x = batch()
             scores = model(x.reshape(-1, 1, pp.SSBR_SIZE, pp.SSBR_SIZE)).reshape(x.shape[0], x.shape[1])
             loss = ssbr_loss(scores)
+            if consistency_weight > 0:
+                loss = loss + consistency_weight * ssbr_consistency_loss(scores[0::2], scores[1::2])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -141,6 +166,7 @@ def train_body_part_regressor(
             "median_r_slice_index": float(np.median(r2)),
             "min_r_slice_index": float(np.min(r2)),
             "hard_volumes_oversampled": int(hard.sum()),
+            "consistency_weight": consistency_weight,
         },
         seconds=time.perf_counter() - t0,
         samples=len(stacks),

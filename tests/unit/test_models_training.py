@@ -304,3 +304,40 @@ def test_train_command_reads_the_size_jitter() -> None:
     for bad in ("0.5", "1.3,0.5", "0,1", "a,b"):
         with pytest.raises(argparse.ArgumentTypeError, match="LOW"):
             _pair(bad)
+
+
+def test_ssbr_consistency_loss_is_zero_when_both_views_score_alike() -> None:
+    scores = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    assert float(train.ssbr_consistency_loss(scores, scores.clone())) == 0.0
+    assert float(train.ssbr_consistency_loss(scores, scores + 2.0)) == pytest.approx(4.0)  # an offset is what it removes
+
+
+def _zoomed(stack: np.ndarray, frac: float) -> np.ndarray:
+    size = stack.shape[-1]
+    side = int(size * frac)
+    lo = (size - side) // 2
+    crop = torch.from_numpy(np.ascontiguousarray(stack[:, None, lo : lo + side, lo : lo + side]))
+    return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False).numpy()
+
+
+def test_the_consistency_term_gives_a_zoomed_slice_the_score_of_the_whole_slice() -> None:
+    from node.training.datasets import synthetic_studies
+
+    studies = list(synthetic_studies(range(3), medium_every=0))
+    stacks = [train._ssbr_stack(s) for s in studies]
+
+    def zoom_shift(weight: float) -> float:
+        torch.manual_seed(0)
+        model = train.train_body_part_regressor(
+            studies, rng=np.random.default_rng(0), steps=80, consistency_weight=weight, progress=False
+        ).model
+        with torch.no_grad():
+            return float(np.mean([
+                np.abs(model(torch.from_numpy(_zoomed(s, 0.65))).numpy() - model(torch.from_numpy(s[:, None])).numpy()).mean()
+                for s in stacks
+            ]))
+
+    with_term, without = zoom_shift(train.SSBR_CONSISTENCY), zoom_shift(0.0)
+    assert with_term < 0.25 * without  # 0.1 against 3.0 when written
+    with pytest.raises(ValueError, match="consistency_weight"):
+        train.train_body_part_regressor(studies, rng=np.random.default_rng(0), consistency_weight=-1.0)
