@@ -38,9 +38,11 @@ LARGE_LESION_MM = 30.0  # segmenter: key-slice extent of this or more
 SEGMENTER_LARGE_LESIONS = 8
 
 
-def windows_per_lesion(per_lesion: int, multiple: int, weighed: bool) -> int:
-    """``per_lesion`` samples, ``multiple`` times as many (at least once) where ``weighed``."""
-    return per_lesion * (max(1, multiple) if weighed else 1)
+def windows_per_lesion(per_lesion: int, size_mm: float, *, small: int = 1, large: int = 1) -> int:
+    """``per_lesion`` samples, ``small`` times as many (at least once) for a lesion under
+    SMALL_LESION_MM, ``large`` times as many for one of LARGE_LESION_MM or more."""
+    multiple = small if size_mm < SMALL_LESION_MM else large if size_mm >= LARGE_LESION_MM else 1
+    return per_lesion * max(1, multiple)
 
 #: DeepLesion's Coarse_lesion_type codes 1..8.
 DEEPLESION_TYPES: dict[int, LesionType] = {

@@ -21,9 +21,7 @@ from node.inference import preprocess as pp
 from node.inference.analyzer import SliceMask, body_mask, box_crop, box_side_mm, embedder_input
 from node.inference.backend import DEFAULT_MASK_THRESHOLD
 from node.training.datasets import (
-    LARGE_LESION_MM,
     SEGMENTER_LARGE_LESIONS,
-    SMALL_LESION_MM,
     TYPE_ORDER,
     TrainStudy,
     lesion_mask_2d,
@@ -129,9 +127,10 @@ def train_body_part_regressor(
             n = len(stacks[i])
             k = int(rng.integers(1, max(2, (n - 1) // (m - 1)) + 1))
             j = int(rng.integers(0, n - k * (m - 1)))
-            seqs.append(_random_crop(stacks[i][j : j + k * (m - 1) + 1 : k], rng))
+            seq = stacks[i][j : j + k * (m - 1) + 1 : k]
+            seqs.append(_random_crop(seq, rng))
             if consistency_weight > 0:  # the same slices again, cropped afresh (rows 2i and 2i + 1)
-                seqs.append(_random_crop(stacks[i][j : j + k * (m - 1) + 1 : k], rng))
+                seqs.append(_random_crop(seq, rng))
         return torch.from_numpy(np.stack(seqs)[:, :, None].astype(np.float32))
 
     def run(n_steps: int, desc: str) -> float:
@@ -284,9 +283,7 @@ def detector_samples(
         for lesion in study.lesions:
             kc, rc, cc = canvas.from_volume(lesion.key_slice, (lesion.box[1] + lesion.box[3]) / 2, (lesion.box[0] + lesion.box[2]) / 2)
             reach = 1 if study.labels is None else max(1, int(lesion.long_axis_mm / 2 / pp.SLICE_MM * 0.6))
-            size = lesion.long_axis_mm
-            multiple = small_lesions if size < SMALL_LESION_MM else large_lesions if size >= LARGE_LESION_MM else 1
-            for _ in range(windows_per_lesion(per_lesion, multiple, True)):
+            for _ in range(windows_per_lesion(per_lesion, lesion.long_axis_mm, small=small_lesions, large=large_lesions)):
                 dk = 0 if study.labels is None else int(rng.integers(-reach, reach + 1))
                 keys.append((int(np.clip(round(kc) + dk, 0, n - 1)), (rc, cc)))
         for _ in range(negatives):
@@ -475,7 +472,7 @@ def segmenter_samples(
             rr, cc = np.nonzero(key_mask)
             size_mm = SliceMask.of(key_mask).extent_mm(study.spacing)
             reach = 0 if study.labels is None else int(np.ceil(0.75 * size_mm / study.spacing[0])) + 1
-            for i in range(windows_per_lesion(per_lesion, large_lesions, size_mm >= LARGE_LESION_MM)):
+            for i in range(windows_per_lesion(per_lesion, size_mm, large=large_lesions)):
                 s = lesion.key_slice if i == 0 or reach == 0 else int(np.clip(lesion.key_slice + rng.integers(-reach, reach + 1), 0, study.pixels.shape[0] - 1))
                 mask = lesion_mask_2d(study, lesion, s)
                 if mask.any():

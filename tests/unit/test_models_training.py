@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from node.inference import preprocess as pp
-from node.training import export, train
+from node.training import datasets, export, train
 from node.training.models import SPECS, build
 
 
@@ -225,7 +225,6 @@ def test_objectness_head_scores_a_peak_by_objectness_and_types_it_by_the_classif
 
 
 def test_objectness_detector_learns_from_typed_targets() -> None:
-    from node.training import datasets
 
     studies = list(datasets.synthetic_studies(range(2), medium_every=0))
     result = train.train_lesion_detector(studies, rng=np.random.default_rng(0), epochs=2, progress=False, head="objectness")
@@ -244,13 +243,12 @@ def test_unknown_model_name() -> None:
 def test_segmenter_samples_can_weigh_large_lesions() -> None:
     # `--segmenter-large-lesions N`: N times the crops for a lesion of 30 mm or more, the same
     # number for the others, so the few large lesions of the cohort are seen more often.
-    from node.training import datasets
 
     studies = list(datasets.synthetic_studies(range(6), medium_every=0))
     large = sum(
         1 for s in studies for les in s.lesions
         if train.lesion_mask_2d(s, les, les.key_slice).any()
-        and train.SliceMask.of(train.lesion_mask_2d(s, les, les.key_slice)).extent_mm(s.spacing) >= train.LARGE_LESION_MM
+        and train.SliceMask.of(train.lesion_mask_2d(s, les, les.key_slice)).extent_mm(s.spacing) >= datasets.LARGE_LESION_MM
     )
     assert large > 0
     one = train.segmenter_samples(studies, rng=np.random.default_rng(0), per_lesion=2)
@@ -261,16 +259,15 @@ def test_segmenter_samples_can_weigh_large_lesions() -> None:
 def test_detector_samples_can_weigh_small_and_large_lesions() -> None:
     # `--detector-small-lesions N`: N times the windows for a lesion under 12 mm, the same number
     # for the others and the same negatives.
-    from node.training import datasets
 
     studies = list(datasets.synthetic_studies(range(3), medium_every=0))
-    small = sum(1 for s in studies for les in s.lesions if les.long_axis_mm < train.SMALL_LESION_MM)
+    small = sum(1 for s in studies for les in s.lesions if les.long_axis_mm < datasets.SMALL_LESION_MM)
     assert 0 < small < sum(len(s.lesions) for s in studies)
     one = train.detector_samples(studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1)
     three = train.detector_samples(studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1, small_lesions=3)
     assert len(three) == len(one) + 2 * 2 * small
     # `--detector-large-lesions N` likewise for a lesion of 30 mm or more.
-    large = sum(1 for s in studies for les in s.lesions if les.long_axis_mm >= train.LARGE_LESION_MM)
+    large = sum(1 for s in studies for les in s.lesions if les.long_axis_mm >= datasets.LARGE_LESION_MM)
     assert large > 0
     both = train.detector_samples(
         studies, rng=np.random.default_rng(0), per_lesion=2, negatives=1, small_lesions=3, large_lesions=2
@@ -281,7 +278,6 @@ def test_detector_samples_can_weigh_small_and_large_lesions() -> None:
 def test_segmenter_crop_jitter_sets_how_much_of_the_crop_a_lesion_fills() -> None:
     # `--segmenter-size-jitter LOW,HIGH`: a detector box half the lesion's size gives a crop the
     # lesion fills; the training crops can be drawn that way too (default: 0.8..1.25).
-    from node.training import datasets
 
     studies = list(datasets.synthetic_studies(range(3), medium_every=0))
 
