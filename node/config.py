@@ -47,6 +47,10 @@ class Settings:
     model_repository: Path = REPO_ROOT / "triton_models"
     inference_backend: str = "auto"  # auto | triton | onnx
     detection_threshold: float = 0.5
+    # The detector's zoomed pass (node.inference.analyzer.DETECTOR_ZOOM); 1 turns it off. Its
+    # scores stay under 0.5, so it runs only when detection_threshold is set under 0.5 (and in
+    # `ainode eval`'s FROC).
+    detector_zoom: float = 1.5
     # Lesion matching (Algorithm 1) on embedding distance, tuned with the committed embedder on
     # the found lesions of synthetic tuning patients no model was trained on (`ainode eval --seed 0
     # --first-patient 20000 --patients 12 --timepoints 3`, 53 lesions): pairwise precision and

@@ -34,7 +34,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError("no readable DICOM instances in " + ", ".join(map(str, args.path)))
     backend = open_backend(settings)
     try:
-        outcome = analyze_datasets(datasets, analyzer=Analyzer(backend, detection_threshold=settings.detection_threshold),
+        outcome = analyze_datasets(datasets, analyzer=Analyzer(backend, detection_threshold=settings.detection_threshold, detector_zoom=settings.detector_zoom),
                                    omit_empty_frames=not args.keep_empty_frames)
     finally:
         backend.close()

@@ -211,7 +211,7 @@ def build_worker(settings: Settings, *, index: int = 0) -> tuple[Worker, Databas
     db = Database(settings.database_url)
     auth = (settings.orthanc_username, settings.orthanc_password) if settings.orthanc_username else None
     orthanc = OrthancClient(settings.orthanc_url, auth=auth)
-    analyzer = Analyzer(open_backend(settings), detection_threshold=settings.detection_threshold)
+    analyzer = Analyzer(open_backend(settings), detection_threshold=settings.detection_threshold, detector_zoom=settings.detector_zoom)
     worker = Worker(settings, db=db, orthanc=orthanc, analyzer=analyzer, lesion_store=LesionStore(db),
                     name=worker_name(index))
     return worker, db

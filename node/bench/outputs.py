@@ -197,7 +197,7 @@ def _analyzer(settings: Settings):  # -> node.inference.analyzer.Analyzer | None
         return None
     if not (Path(settings.model_repository) / "onnx" / "lesion_detector.onnx").is_file():
         return None
-    return Analyzer(OnnxBackend(Path(settings.model_repository)), detection_threshold=settings.detection_threshold)
+    return Analyzer(OnnxBackend(Path(settings.model_repository)), detection_threshold=settings.detection_threshold, detector_zoom=settings.detector_zoom)
 
 
 def _assemble(datasets: list[pydicom.Dataset]) -> Volume:

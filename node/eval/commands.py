@@ -116,7 +116,7 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
                 "this is the held-out cohort: to choose between detectors or fits, check other patients "
                 "(--seed 0 --first-patient 20000 and up are patients training never draws)"
             )
-        return _key_check(args, studies, backend, description, warnings, total)
+        return _key_check(args, studies, backend, description, warnings, total, settings.detector_zoom)
     try:
         models = backend.model_versions()
         summary, scores = evaluate_cohort(studies, backend, settings, total=total, froc_threshold=args.froc_threshold)
@@ -168,16 +168,18 @@ def _write_lesions(path: Path, rows: list[dict[str, object]]) -> None:
         writer.writerows({k: "" if row[k] is None else row[k] for k in LESION_COLUMNS} for row in rows)
 
 
-def _key_check(args: argparse.Namespace, studies, backend, description: str, warnings: list[str], total: int | None) -> int:
+def _key_check(
+    args: argparse.Namespace, studies, backend, description: str, warnings: list[str], total: int | None, zoom: float
+) -> int:
     """``--key-check``: the key-slice FROC alone, as a table (and JSON with ``--json``)."""
     from node.cli import CommandError
-    from node.eval.report import LABEL
+    from node.eval.report import LABEL, zoom_line
     from node.eval.runner import key_slice_check
     from node.inference.backend import InferenceError
 
     try:
         models = backend.model_versions()
-        summary = key_slice_check(studies, backend, froc_threshold=args.froc_threshold, total=total)
+        summary = key_slice_check(studies, backend, froc_threshold=args.froc_threshold, total=total, zoom=zoom)
     except InferenceError as exc:
         raise CommandError(f"inference failed: {exc}") from exc
     finally:
@@ -187,6 +189,7 @@ def _key_check(args: argparse.Namespace, studies, backend, description: str, war
         raise CommandError("no analysable study with a lesion in the cohort: add patients")
     print(f"key-slice check ({LABEL}): {description}")
     print(f"criterion: {summary['criterion']}")
+    print(zoom_line(summary["detector_zoom"]).strip())
     rates = "  ".join(f"{r}: {v:.3f}" for r, v in froc["sensitivity"].items())
     print(f"sensitivity at FPs per image  {rates}")
     print(f"any score: {froc['max_sensitivity']:.3f}; {froc['lesions']} lesions on {froc['images']} key images, "

@@ -112,6 +112,7 @@ def format_table(result: dict) -> str:
         "detection sensitivity at FPs per volume (" + det["per_volume"]["criterion"] + "):",
         "  " + "  ".join(f"{r}: {_fmt(v)}" for r, v in det["per_volume"]["sensitivity"].items())
         + f"   ({det['per_volume']['images']} volumes, {det['per_volume']['candidates']} candidates)",
+        zoom_line(det.get("detector_zoom")),
         f"segmentation Dice: {_fmt(s['segmentation']['dice'])}",
         f"RECIST MAE: long {_fmt(s['recist']['long_axis_mae_mm'], 'mm', 2)}, short {_fmt(s['recist']['short_axis_mae_mm'], 'mm', 2)}"
         f" ({s['recist']['without_measurement']} matched lesions without a measurement)",
@@ -166,3 +167,10 @@ def format_table(result: dict) -> str:
     if result.get("warnings"):
         lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
+
+
+def zoom_line(zoom: float | None) -> str:
+    """What the FROCs above count besides the canvas pass (setting ``detector_zoom``)."""
+    if zoom is None or zoom <= 1.0:
+        return "  candidates: the detector on the 2 mm canvas (no zoomed pass: detector_zoom 1)"
+    return f"  candidates: the detector on the 2 mm canvas and its zoomed pass at {zoom:g}x (lesions under 10 mm, scores x0.5; detector_zoom)"

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,11 +24,12 @@ from node.eval import metrics, retrieval
 from node.eval.cohort import EvalStudy
 from node.inference import preprocess as pp
 from node.inference.analyzer import (
+    DETECTOR_ZOOM,
     Analysis,
     Analyzer,
     Detection,
     check_volume,
-    decode_detections,
+    detect_on,
     group_detections,
     refine_boxes,
 )
@@ -154,26 +155,17 @@ class StudyScore:
 
 
 def detect_candidates(
-    backend: InferenceBackend, volume, *, threshold: float, per_slice: int = 20, batch: int = 8
+    backend: InferenceBackend, volume, *, threshold: float, per_slice: int = 20, batch: int = 8, zoom: float = DETECTOR_ZOOM
 ) -> tuple[pp.Canvas, list[Detection]]:
-    """Every detector peak above ``threshold`` on every canvas slice of ``volume``."""
+    """Every detector peak above ``threshold`` on every canvas slice of ``volume``, with the
+    zoomed pass's (``zoom``; 1: none)."""
     canvas = pp.make_canvas(volume.pixels, volume.spacing)
-    return canvas, detect_on(backend, canvas, np.arange(canvas.pixels.shape[0]), threshold=threshold, per_slice=per_slice, batch=batch)
+    keys = np.arange(canvas.pixels.shape[0])
+    return canvas, detect_on(backend, canvas, keys, threshold=threshold, per_slice=per_slice, batch=batch, zoomed=_zoomed(volume, canvas, zoom))
 
 
-def detect_on(
-    backend: InferenceBackend, canvas: pp.Canvas, keys: np.ndarray, *, threshold: float, per_slice: int = 20, batch: int = 8
-) -> list[Detection]:
-    """Every detector peak above ``threshold`` on the canvas slices ``keys`` (any order, gaps
-    allowed): the detector sees each slice with its neighbours, so a slice's peaks do not
-    depend on which others are run."""
-    detections: list[Detection] = []
-    for start in range(0, len(keys), batch):
-        chunk = np.asarray(keys[start : start + batch], dtype=int)
-        out = backend.infer("lesion_detector", {"image": pp.detector_inputs(canvas, chunk)})
-        decoded = decode_detections(0, out["heatmap"], out["size"], out["offset"], threshold, per_slice=per_slice)
-        detections += [replace(d, k=int(chunk[d.k])) for d in decoded]  # batch index -> canvas slice
-    return detections
+def _zoomed(volume, canvas: pp.Canvas, zoom: float) -> pp.Canvas | None:
+    return pp.zoomed_canvas(volume.pixels, volume.spacing, canvas, zoom) if zoom > 1.0 else None
 
 
 def detection_box(volume, canvas: pp.Canvas, d: Detection) -> tuple[float, tuple[float, float, float, float]]:
@@ -399,6 +391,7 @@ def evaluate_study(
     *,
     froc_threshold: float = 0.05,
     detection_threshold: float = 0.5,
+    detector_zoom: float = DETECTOR_ZOOM,
 ) -> StudyScore:
     """Run the models on one study and score them."""
     t0 = time.perf_counter()
@@ -410,13 +403,13 @@ def evaluate_study(
             lesions=lesion_rows(study, reason=reason),
         )
     backend.clear()
-    canvas, detections = detect_candidates(backend, study.volume, threshold=froc_threshold)
+    canvas, detections = detect_candidates(backend, study.volume, threshold=froc_threshold, zoom=detector_zoom)
     on_key = key_image_detections(study, canvas, detections)
     refined = refine_boxes(backend, study.volume, canvas, [detections[i] for i in on_key])
     key_images, key_candidates, volume_candidates = score_detections(
         study, canvas, detections, key_boxes=dict(zip(on_key, refined, strict=True))
     )
-    analysis = Analyzer(backend, detection_threshold=detection_threshold).analyze(study.volume)
+    analysis = Analyzer(backend, detection_threshold=detection_threshold, detector_zoom=detector_zoom).analyze(study.volume)
     backend.clear()
     spearman = metrics.spearman(analysis.body_part_scores, study.slice_z())
     truth_embedded = (
@@ -444,14 +437,17 @@ def evaluate_study(
     )
 
 
-def key_image_candidates(study: EvalStudy, backend: InferenceBackend, *, threshold: float) -> tuple[int, list[Candidate]]:
+def key_image_candidates(
+    study: EvalStudy, backend: InferenceBackend, *, threshold: float, zoom: float = DETECTOR_ZOOM
+) -> tuple[int, list[Candidate]]:
     """The key-slice FROC's candidates of one study, with the detector run on its key images only.
 
     The same candidates as ``evaluate_study``'s (``detect_on``) at a few percent of its cost.
     Returns the number of key images and the candidates.
     """
     canvas = pp.make_canvas(study.volume.pixels, study.volume.spacing)
-    detections = detect_on(backend, canvas, np.array(sorted(lesions_by_key_image(study, canvas))), threshold=threshold)
+    keys = np.array(sorted(lesions_by_key_image(study, canvas)))
+    detections = detect_on(backend, canvas, keys, threshold=threshold, zoomed=_zoomed(study.volume, canvas, zoom))
     refined = refine_boxes(backend, study.volume, canvas, detections)
     n_images, candidates, _ = score_detections(study, canvas, detections, key_boxes=dict(enumerate(refined)))
     return n_images, candidates
@@ -467,7 +463,13 @@ def _size_class(long_axis_mm: float) -> str:
 
 
 def key_slice_check(
-    studies: Iterable[EvalStudy], backend: InferenceBackend, *, froc_threshold: float = 0.05, total: int | None = None, progress: bool = True
+    studies: Iterable[EvalStudy],
+    backend: InferenceBackend,
+    *,
+    froc_threshold: float = 0.05,
+    total: int | None = None,
+    progress: bool = True,
+    zoom: float = DETECTOR_ZOOM,
 ) -> dict[str, object]:
     """``ainode eval --key-check``: the key-slice FROC alone (detector on key images, boxes from the
     segmenter, as the full evaluation scores them), with hits, boxes off and misses per lesion
@@ -483,7 +485,7 @@ def key_slice_check(
         if check_volume(study.volume) is not None:
             not_analysed += 1
             continue
-        images, found = key_image_candidates(study, backend, threshold=froc_threshold)
+        images, found = key_image_candidates(study, backend, threshold=froc_threshold, zoom=zoom)
         candidates += found
         n_images += images
         n_truth += len(study.lesions)
@@ -498,6 +500,7 @@ def key_slice_check(
     by_size = {k: by_size[k] for k in order if k in by_size}
     return {
         "criterion": KEY_SLICE_CRITERION,
+        "detector_zoom": zoom,
         "froc": froc,
         "candidates_per_image": len(candidates) / n_images if n_images else None,
         "by_type": dict(sorted(by_type.items())),
@@ -561,6 +564,7 @@ def summarize(scores: list[StudyScore], settings: Settings) -> dict[str, object]
         "detection": {
             "key_slice": {"criterion": KEY_SLICE_CRITERION, **_froc([c for s in analysed for c in s.key_candidates], n_truth=n_truth, n_images=key_images)},
             "per_volume": {"criterion": VOLUME_CRITERION, **_froc([c for s in analysed for c in s.volume_candidates], n_truth=n_truth, n_images=len(analysed))},
+            "detector_zoom": settings.detector_zoom,
         },
         "segmentation": {"dice": _mean(m.dice for m in matched), "lesions": len(matched)},
         "recist": {
@@ -692,5 +696,8 @@ def evaluate_cohort(
     cached = backend if isinstance(backend, DetectorCache) else DetectorCache(backend)
     scores = []
     for study in tqdm(studies, total=total, desc="eval", unit="study", disable=not progress):
-        scores.append(evaluate_study(study, cached, froc_threshold=froc_threshold, detection_threshold=settings.detection_threshold))
+        scores.append(evaluate_study(
+            study, cached, froc_threshold=froc_threshold, detection_threshold=settings.detection_threshold,
+            detector_zoom=settings.detector_zoom,
+        ))
     return summarize(scores, settings), scores

@@ -71,7 +71,14 @@ def resample_slices(pixels: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return pixels[lo] * (1.0 - w) + pixels[hi] * w
 
 
-def make_canvas(pixels: np.ndarray, spacing: tuple[float, float, float]) -> Canvas:
+def make_canvas(
+    pixels: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    pixel_mm: float = CANVAS_MM,
+    shape: tuple[int, int] = (CANVAS_SIZE, CANVAS_SIZE),
+    centre: tuple[float, float] | None = None,
+) -> Canvas:
     """Resample a HU stack to 2 mm slices and 2 mm pixels on the fixed square canvas.
 
     Parameters
@@ -80,6 +87,9 @@ def make_canvas(pixels: np.ndarray, spacing: tuple[float, float, float]) -> Canv
         (slices, rows, cols) HU.
     spacing:
         (slice, row, column) spacing in mm.
+    pixel_mm, shape, centre:
+        another grid in the plane (the detector's zoomed pass, ``zoomed_canvas``): its pixel size,
+        (rows, cols) and the volume (row, col) at its centre (default the volume's centre).
     """
     if pixels.ndim != 3:
         raise ValueError(f"pixels: expected 3 dimensions, got shape {pixels.shape}")
@@ -88,11 +98,11 @@ def make_canvas(pixels: np.ndarray, spacing: tuple[float, float, float]) -> Canv
     n, rows, cols = pixels.shape
     slice_step = SLICE_MM / spacing[0]
     count = int(np.floor((n - 1) / slice_step)) + 1
-    row_step = CANVAS_MM / spacing[1]
-    col_step = CANVAS_MM / spacing[2]
-    half = (CANVAS_SIZE - 1) / 2.0
-    row0 = (rows - 1) / 2.0 - half * row_step
-    col0 = (cols - 1) / 2.0 - half * col_step
+    row_step = pixel_mm / spacing[1]
+    col_step = pixel_mm / spacing[2]
+    centre_row, centre_col = centre if centre is not None else ((rows - 1) / 2.0, (cols - 1) / 2.0)
+    row0 = centre_row - (shape[0] - 1) / 2.0 * row_step
+    col0 = centre_col - (shape[1] - 1) / 2.0 * col_step
     # In-plane first (on the original slices), then along z: both are linear and separable,
     # and the in-plane step shrinks the data before slices are interpolated.
     stack = np.asarray(pixels, dtype=np.float32)
@@ -104,7 +114,7 @@ def make_canvas(pixels: np.ndarray, spacing: tuple[float, float, float]) -> Canv
         stack,
         matrix=np.array([1.0, row_step, col_step]),
         offset=(0.0, row0, col0),
-        output_shape=(n, CANVAS_SIZE, CANVAS_SIZE),
+        output_shape=(n, *shape),
         order=1,
         mode="constant",
         cval=HU_MIN,
@@ -119,6 +129,38 @@ def make_canvas(pixels: np.ndarray, spacing: tuple[float, float, float]) -> Canv
         col0=col0,
         col_step=col_step,
     )
+
+
+def zoomed_canvas(pixels: np.ndarray, spacing: tuple[float, float, float], canvas: Canvas, zoom: float) -> Canvas | None:
+    """The body's part of the volume at ``CANVAS_MM / zoom`` pixels, for the detector's zoomed pass.
+
+    The same slices as ``canvas``; in the plane, the box around whatever is denser than -500 HU on
+    any of them (the body), at least one detector tile (``CANVAS_SIZE``) on each side and a whole
+    number of heatmap cells. None when there is no body. Its tiles: ``tile_starts``.
+    """
+    body = (canvas.pixels > window(np.array(-500.0))).any(axis=0)
+    if not body.any():
+        return None
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    _, r0, c0 = canvas.to_volume(0, rows[0], cols[0])
+    _, r1, c1 = canvas.to_volume(0, rows[-1], cols[-1])
+
+    def side(extent: int) -> int:
+        n = max(CANVAS_SIZE, int(np.ceil(extent * zoom)))
+        return n + (-n) % HEATMAP_STRIDE
+
+    shape = (side(rows[-1] - rows[0] + 1), side(cols[-1] - cols[0] + 1))
+    return make_canvas(pixels, spacing, pixel_mm=CANVAS_MM / zoom, shape=shape, centre=((r0 + r1) / 2.0, (c0 + c1) / 2.0))
+
+
+def tile_starts(length: int, *, overlap: int = CANVAS_SIZE // 4) -> list[int]:
+    """First pixels of the detector tiles (``CANVAS_SIZE`` wide) that cover ``length`` pixels,
+    neighbours overlapping by at least ``overlap`` so a lesion at a seam has context in one of them."""
+    if length <= CANVAS_SIZE:
+        return [0]
+    count = 1 + int(np.ceil((length - CANVAS_SIZE) / (CANVAS_SIZE - overlap)))
+    starts = np.linspace(0, length - CANVAS_SIZE, count)
+    return sorted({int(round(x / HEATMAP_STRIDE)) * HEATMAP_STRIDE for x in starts})
 
 
 def ssbr_inputs(canvas: Canvas) -> np.ndarray:

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from node.config import Settings
+from node.inference import analyzer as an
+from node.inference import preprocess as pp
 from node.inference.analyzer import Analyzer, Detection, check_volume, group_detections
 from node.inference.backend import (
     MODEL_NAMES,
@@ -106,6 +108,71 @@ def test_grouping_merges_neighbouring_slices() -> None:
     groups = group_detections([det(10, 100, 100, 0.9), det(11, 101, 99, 0.8), det(12, 100, 100, 0.7), det(11, 160, 40, 0.6), det(30, 100, 100, 0.95)])
     assert [len(g) for g in groups] == [1, 3, 1]
     assert groups[1][0].score == 0.9
+
+
+def test_the_zoomed_pass_adds_only_what_the_canvas_pass_has_not_found() -> None:
+    def det(k, row, col, mm, score):
+        return Detection(k=k, row=row, col=col, height_mm=mm, width_mm=mm, score=score, type_index=0)
+
+    plain = [det(10, 100, 100, 8, 0.9)]
+    same = det(10, 100.5, 99.5, 7, 0.4)  # the same lesion seen again: dropped
+    other_slice = det(11, 100, 100, 7, 0.4)
+    beside = det(10, 100, 106, 6, 0.3)  # 12 mm away on the same slice
+    assert an.merge_zoomed(plain, [same, other_slice, beside]) == [*plain, other_slice, beside]
+    assert an.merge_zoomed([], [same]) == [same]
+
+
+class _Counting:
+    """The real backend, with the detector's input shapes written down."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.detector_inputs: list[tuple[int, ...]] = []
+
+    def infer(self, model, inputs):
+        if model == "lesion_detector":
+            self.detector_inputs.append(inputs["image"].shape)
+        return self.backend.infer(model, inputs)
+
+    def model_versions(self):
+        return self.backend.model_versions()
+
+    def model_parameters(self, model):
+        return self.backend.model_parameters(model)
+
+
+def test_the_zoomed_pass_runs_only_where_its_scores_can_give_a_lesion(backend) -> None:
+    from node.synth.phantom import ScanParams
+
+    scan = ScanParams(rows=128, columns=128, pixel_spacing=3.3, slice_thickness=5.0, num_slices=14, coverage="chest")
+    volume = synthesize_study(10001, 0, scan=scan).to_volume()
+    canvas = pp.make_canvas(volume.pixels, volume.spacing)
+    batches = -(-canvas.pixels.shape[0] // 8)
+    zoomed = pp.zoomed_canvas(volume.pixels, volume.spacing, canvas, an.DETECTOR_ZOOM)
+    tiles = len(pp.tile_starts(zoomed.pixels.shape[1])) * len(pp.tile_starts(zoomed.pixels.shape[2]))
+
+    counting = _Counting(backend)
+    Analyzer(counting).analyze(volume)  # the node's threshold, 0.5: zoomed scores stay under it
+    assert len(counting.detector_inputs) == batches
+
+    counting = _Counting(backend)
+    Analyzer(counting, detection_threshold=0.3).analyze(volume)
+    assert len(counting.detector_inputs) == batches * (1 + tiles)
+    assert set(counting.detector_inputs) <= {(b, 9, pp.CANVAS_SIZE, pp.CANVAS_SIZE) for b in range(1, 9)}
+    counting = _Counting(backend)
+    Analyzer(counting, detection_threshold=0.3, detector_zoom=1.0).analyze(volume)
+    assert len(counting.detector_inputs) == batches
+
+    keys = np.arange(canvas.pixels.shape[0])
+    plain = an.detect_on(backend, canvas, keys, threshold=0.05)
+    both = an.detect_on(backend, canvas, keys, threshold=0.05, zoomed=zoomed)
+    added = both[len(plain) :]
+    assert both[: len(plain)] == plain and added  # the zoomed pass finds peaks of its own on this study
+    assert all(d.score <= an.ZOOM_SCORE and max(d.height_mm, d.width_mm) < an.ZOOM_MAX_MM for d in added)
+    # In canvas coordinates: on the canvas, inside its field of view.
+    assert all(0 <= d.row <= pp.CANVAS_SIZE - 1 and 0 <= d.col <= pp.CANVAS_SIZE - 1 for d in added)
+    with pytest.raises(ValueError, match="detector_zoom"):
+        Analyzer(backend, detector_zoom=0.5)
 
 
 def test_refined_boxes_follow_the_lesion_not_the_detector_size(backend, study) -> None:

@@ -65,3 +65,34 @@ def test_embedder_crop_is_the_box_padded_by_the_seed_context() -> None:
     # A jittered box is scaled before it is padded; a very large one stops at 256 mm.
     assert box_crop((100.0, 80.0, 120.0, 90.0), (2.0, 0.5, 0.5), scale=1.2)[1] == pytest.approx(112.0)
     assert pp.embed_crop_side(200.0) == 256.0
+
+
+def test_the_zoomed_canvas_covers_the_body_at_finer_pixels() -> None:
+    # The detector's zoomed pass: the body (denser than -500 HU) again at CANVAS_MM / zoom pixels,
+    # the same slices, whole tiles and heatmap cells, mapped to the same volume coordinates.
+    hu = np.full((30, 200, 240), -1000.0, np.float32)
+    hu[:, 30:170, 20:230] = 40.0  # a body 140 x 210 pixels, off centre in rows
+    hu[12:18, 100:104, 150:154] = 200.0  # a 3 mm lesion
+    spacing = (2.5, 1.5, 1.5)
+    canvas = pp.make_canvas(hu, spacing)
+    zoomed = pp.zoomed_canvas(hu, spacing, canvas, 2.0)
+    assert zoomed.pixels.shape[0] == canvas.pixels.shape[0] and zoomed.slice_step == canvas.slice_step
+    assert zoomed.row_step == pytest.approx(canvas.row_step / 2.0)
+    rows, cols = zoomed.pixels.shape[1:]
+    assert rows == pp.CANVAS_SIZE  # 140 x 1.5 mm = 210 mm of body: 210 pixels, one tile
+    assert cols > pp.CANVAS_SIZE and cols % pp.HEATMAP_STRIDE == 0  # 315 mm: 316 pixels
+    k, r, c = zoomed.from_volume(15, 101.5, 151.5)
+    assert zoomed.pixels[int(round(k)), int(round(r)), int(round(c))] > pp.window(np.array(150.0))
+    for corner in ((30, 20), (169, 229)):  # the body's corners are on it
+        _, r, c = zoomed.from_volume(0, *corner)
+        assert 0 <= r <= rows - 1 and 0 <= c <= cols - 1
+    np.testing.assert_allclose(zoomed.to_volume(*zoomed.from_volume(7, 42, 99)), (7, 42, 99), atol=1e-9)
+    assert pp.zoomed_canvas(np.full_like(hu, -1000.0), spacing, pp.make_canvas(np.full_like(hu, -1000.0), spacing), 2.0) is None
+
+
+@pytest.mark.parametrize("length", [pp.CANVAS_SIZE, 258, 316, 512, 700])
+def test_detector_tiles_cover_the_zoomed_canvas_and_overlap(length: int) -> None:
+    starts = pp.tile_starts(length)
+    assert starts[0] == 0 and starts[-1] + pp.CANVAS_SIZE == length
+    assert all(s % pp.HEATMAP_STRIDE == 0 for s in starts)
+    assert all(b - a <= pp.CANVAS_SIZE - pp.CANVAS_SIZE // 4 for a, b in zip(starts, starts[1:]))
