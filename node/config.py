@@ -46,6 +46,8 @@ class Settings:
     # Models.
     model_repository: Path = REPO_ROOT / "triton_models"
     inference_backend: str = "auto"  # auto | triton | onnx
+    # A lesion's score is its detector score, times 0.3 where the segmenter finds nothing in its
+    # crop (node.inference.analyzer.NO_MASK_SCORE): at 0.5 only segmented lesions are reported.
     detection_threshold: float = 0.5
     # The detector's zoomed pass (node.inference.analyzer.DETECTOR_ZOOM); 1 turns it off. Its
     # scores stay under 0.5, so it runs only when detection_threshold is set under 0.5 (and in

@@ -32,6 +32,7 @@ from node.inference.analyzer import (
     detect_on,
     group_detections,
     refine_boxes,
+    verified_score,
 )
 from node.inference.backend import InferenceBackend
 from node.lesions.matching import (
@@ -47,9 +48,12 @@ logger = logging.getLogger(__name__)
 IOU_THRESHOLD = 0.5
 KEY_SLICE_CRITERION = (
     "2D box IoU >= 0.5 with the truth box, on the canvas slice nearest the lesion's key slice; "
-    "a detection's box is the segmenter's mask around it, as the node reports it (the detector's box where the mask is empty)"
+    "a detection's box is the segmenter's mask around it, as the node reports it (where the mask is empty, the detector's box "
+    "at the node's score for it, x0.3: NO_MASK_SCORE)"
 )
-VOLUME_CRITERION = "centre of the detection's key box (nearest voxel) inside the lesion's 3D truth mask"
+VOLUME_CRITERION = (
+    "centre of the detection's key box (nearest voxel) inside the lesion's 3D truth mask; the detector's 3D groups at its own scores"
+)
 LESION_MATCH_CRITERION = "analyzer lesion's key-box centre inside the truth mask; one-to-one, best score first"
 
 
@@ -210,7 +214,9 @@ def score_detections(
     """Key-slice and per-volume FROC candidates of one study.
 
     ``key_boxes`` gives, by index into ``detections``, the box the node reports for a detection
-    (``refine_boxes``); the detector's own box is used where it gives none.
+    (``refine_boxes``); where it gives none, the segmenter found nothing: the detector's own box
+    is scored, at the node's ``verified_score``. Without ``key_boxes``, the detector's boxes and
+    scores alone.
 
     Returns
     -------
@@ -224,11 +230,13 @@ def score_detections(
         truths = by_image.get(d.k)
         if not truths:
             continue
-        box = (key_boxes or {}).get(index) or detection_box(volume, canvas, d)[1]
+        refined = key_boxes.get(index) if key_boxes is not None else None
+        score = d.score if key_boxes is None else verified_score(d.score, refined)
+        box = refined or detection_box(volume, canvas, d)[1]
         overlaps = metrics.iou(box, np.array([t.box for t in truths]))
         hits = frozenset(t.lesion_id for t, o in zip(truths, overlaps, strict=True) if o >= IOU_THRESHOLD)
         key_candidates.append(
-            Candidate(score=d.score, hits=hits, overlaps=tuple((t.lesion_id, float(o)) for t, o in zip(truths, overlaps, strict=True)))
+            Candidate(score=score, hits=hits, overlaps=tuple((t.lesion_id, float(o)) for t, o in zip(truths, overlaps, strict=True)))
         )
 
     by_label = {lesion.label: lesion.lesion_id for lesion in study.lesions}

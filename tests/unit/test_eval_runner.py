@@ -121,6 +121,22 @@ def test_perfect_models_score_perfectly(studies):
     assert m["tuned"]["applied"] is False
 
 
+def test_a_detection_the_segmenter_finds_nothing_in_is_ranked_down(studies):
+    from node.inference.analyzer import NO_MASK_SCORE
+
+    study = studies[0]
+    canvas = pp.make_canvas(study.volume.pixels, study.volume.spacing)
+    dets = oracle_detections(study, canvas)
+    # Boxes from the segmenter: the lesions' own, and nothing where the false positives are.
+    refined = {i: (study.lesions[i // 2].box if i % 2 == 0 else None) for i in range(len(dets))}
+    _, key_c, _ = runner.score_detections(study, canvas, dets, key_boxes=refined)
+    assert sorted({c.score for c in key_c}) == [pytest.approx(0.2 * NO_MASK_SCORE), 0.9]
+    assert all(c.hits for c in key_c if c.score == 0.9)
+    # Without the segmenter's boxes: the detector's scores as they are.
+    _, plain, _ = runner.score_detections(study, canvas, dets)
+    assert sorted({c.score for c in plain}) == [0.2, 0.9]
+
+
 def test_missed_lesions_and_wrong_types_lower_the_figures(studies):
     study = next(s for s in studies if len(s.lesions) >= 2)
     analysis = oracle_analysis(study)

@@ -141,6 +141,31 @@ class _Counting:
         return self.backend.model_parameters(model)
 
 
+class _BlindSegmenter(_Counting):
+    """The real backend, but a segmenter that finds nothing anywhere."""
+
+    def infer(self, model, inputs):
+        out = self.backend.infer(model, inputs)
+        if model == "lesion_segmenter":
+            out = {name: np.zeros_like(value) for name, value in out.items()}
+        return out
+
+
+def test_detections_the_segmenter_finds_nothing_in_are_ranked_down(backend, study, analysis) -> None:
+    assert analysis.lesions  # the committed segmenter finds this study's lesions
+    volume = study.to_volume()
+    blind = _BlindSegmenter(backend)
+    # At the node's threshold such a detection cannot be a lesion ...
+    assert Analyzer(blind).analyze(volume).lesions == []
+    # ... under a lower one it is reported at the lower score, and says why.
+    low = Analyzer(blind, detection_threshold=0.1, detector_zoom=1.0).analyze(volume).lesions
+    assert low and all(les.mask is None and les.recist is None for les in low)
+    assert all(les.notes == ("segmenter gave no mask on the key slice",) for les in low)
+    assert all(0.1 <= les.score <= an.NO_MASK_SCORE for les in low)
+    assert an.verified_score(0.8, (0.0, 0.0, 2.0, 2.0)) == 0.8
+    assert an.verified_score(0.8, None) == pytest.approx(0.8 * an.NO_MASK_SCORE)
+
+
 def test_the_zoomed_pass_runs_only_where_its_scores_can_give_a_lesion(backend) -> None:
     from node.synth.phantom import ScanParams
 
