@@ -137,11 +137,14 @@ def decode_detections(
 # peaks it finds under ZOOM_MAX_MM that the canvas pass has not (box IoU over ZOOM_OVERLAP on the
 # same slice) join the canvas pass's, their scores weighed by ZOOM_SCORE: a lesion seen larger
 # than it is scores less surely, and the many small peaks of the zoomed pass then rank after the
-# canvas pass's own. Chosen on unseen synthetic patients (triton_models/cards/lesion_detector.md).
+# canvas pass's own. A zoomed peak overlapping a canvas peak by less than ZOOM_OVERLAP, the usual
+# non-maximum suppression overlap, is another box for what may be the same lesion: it is kept, as
+# its box may be the one that fits. Chosen on unseen synthetic patients
+# (triton_models/cards/lesion_detector.md).
 DETECTOR_ZOOM = 1.5
 ZOOM_MAX_MM = 10.0
 ZOOM_SCORE = 0.5
-ZOOM_OVERLAP = 0.3
+ZOOM_OVERLAP = 0.5
 
 # The segmenter as the detector's second opinion: a detection in whose crop the segmenter finds
 # no lesion scores NO_MASK_SCORE times its detector score. On the key images of unseen synthetic

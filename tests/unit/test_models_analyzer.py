@@ -118,7 +118,8 @@ def test_the_zoomed_pass_adds_only_what_the_canvas_pass_has_not_found() -> None:
     same = det(10, 100.5, 99.5, 7, 0.4)  # the same lesion seen again: dropped
     other_slice = det(11, 100, 100, 7, 0.4)
     beside = det(10, 100, 106, 6, 0.3)  # 12 mm away on the same slice
-    assert an.merge_zoomed(plain, [same, other_slice, beside]) == [*plain, other_slice, beside]
+    shifted = det(10, 100, 102, 8, 0.3)  # half its box on the canvas peak's (IoU 1/3): another box
+    assert an.merge_zoomed(plain, [same, other_slice, beside, shifted]) == [*plain, other_slice, beside, shifted]
     assert an.merge_zoomed([], [same]) == [same]
 
 
