@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import json
 import logging
+import os
 import platform
 import sys
 from pathlib import Path
@@ -25,20 +26,24 @@ ALIASES = {"ssbr": "body_part_regressor", "detector": "lesion_detector", "segmen
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train the lesion models (needs the `train` extra: torch, onnx)")
     p.add_argument("model", nargs="?", default="all", help=f"all, or one or more (comma-separated) of {', '.join(MODELS)} (aliases: {', '.join(ALIASES)})")
-    p.add_argument("--patients", type=int, default=160, help="synthetic training patients (default 160)")
+    p.add_argument("--patients", type=int, default=None, help="synthetic training patients (default 160; the segmenter's recipe: 240)")
     p.add_argument("--val-patients", type=int, default=12, help="synthetic validation patients (default 12)")
     p.add_argument("--cohort-seed", type=int, default=0)
     p.add_argument("--cohort-version", type=int, choices=(1, 2, 3), default=None,
-                   help="synthetic cohort version (node.synth.lesions.COHORT_VERSION, default the newest: 3, lymph nodes in fat; "
-                        "2: lesions kept apart and lung lesions out of the heart; 1: neither; older versions reproduce older models)")
+                   help="synthetic cohort version (node.synth.lesions.COHORT_VERSION, default the newest: 3, lymph nodes in fat, but for "
+                        "the segmenter's recipe: 1; 2: lesions kept apart and lung lesions out of the heart; 1: neither; older versions "
+                        "reproduce older models)")
     p.add_argument("--medium-every", type=int, default=None,
                    help="synthetic cohort: every N-th patient at 256x256, 1.5-1.8 mm, 1.25-3 mm slices, the rest at 128x128, 3.3 mm, 5 mm slices "
                         "(default: 1 for the detector, 3 for the other models; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="torch / numpy seed, set afresh for each model (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="torch / numpy seed, set afresh for each model (default 0; the body-part regressor's recipe: 1)")
     p.add_argument("--deeplesion", type=Path, default=None, help="train on a DeepLesion download (DL_info.csv + Images_png/) instead")
     p.add_argument("--max-series", type=int, default=None, help="DeepLesion: at most this many series")
     p.add_argument("--out", type=Path, default=None, help="model repository to write (default: settings.model_repository)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per lane (default: the cores shared among the lanes; 1 per lane reproduces the committed weights)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="lanes of models trained side by side, each in a process of its own (default 2: the body-part regressor, embedder "
+                        "and detector in one, the segmenter in the other; 1: one model after another)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply epochs/steps (0.2 for a quick smoke run)")
     p.add_argument("--detector-epochs", type=int, default=24, help="detector epochs (default 24)")
     p.add_argument("--detector-per-lesion", type=int, default=5, help="detector windows per lesion (default 5)")
@@ -65,11 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter-centre-jitter", type=float, default=0.08,
                    help="segmenter: a training crop's centre moves by a normal offset of this times the lesion's size, "
                         "each axis (default 0.08; the detector's centres were 0.09 of the lesion's size off at the median: 0.12 was tried)")
-    p.add_argument("--segmenter-mask-cut", type=_probability, default=DEFAULT_MASK_THRESHOLD,
+    p.add_argument("--segmenter-mask-cut", type=_probability, default=None,
                    help="segmenter: where the analyzer cuts its probability, exported with the weights (ONNX metadata mask_threshold, Triton "
-                        f"parameter ainode_mask_threshold) and used for the validation figures (default {DEFAULT_MASK_THRESHOLD:g}, the cut of a "
-                        "segmenter whose files name none; the committed weights carry 0.35, chosen with `ainode eval --walk-check --mask-cut`; "
-                        "choose it again for new weights)")
+                        "parameter ainode_mask_threshold) and used for the validation figures (default 0.35, the committed weights' cut, chosen "
+                        "with `ainode eval --walk-check --mask-cut`; choose it again for new weights)")
     p.add_argument("--ssbr-consistency", type=float, default=None, metavar="WEIGHT",
                    help="body-part regressor: weight of the term that gives two crops of the same slices one score "
                         "(default 1.0; 0 leaves it out, the seed's losses alone)")
@@ -89,9 +93,9 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     from node.cli import CommandError
 
     try:
-        import torch
+        import torch  # noqa: F401
 
-        from node.training import datasets, export, train
+        from node.training import export
     except ImportError as exc:
         raise CommandError(f"training needs torch and onnx: `make install-train` ({exc.name} missing)") from exc
     names = [ALIASES.get(n, n) for n in args.model.split(",") if n]
@@ -107,94 +111,237 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
             f"train both (`ainode train ssbr,embedder --out {out}`), or copy a model repository there first "
             f"(`cp -r triton_models {out}`)"
         )
-    torch.set_num_threads(max(1, args.threads))
-
     if args.deeplesion is not None:
-        series = sorted(datasets.deeplesion_series(args.deeplesion))[: args.max_series]
-        if len(series) < 4:
-            raise CommandError(f"{args.deeplesion}: found {len(series)} usable series; need at least 4")
+        _deeplesion_series(args)  # a folder without enough series fails here, before any lane starts
+    lanes = _lanes(wanted, args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // len(lanes))
+    command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])
+    if len(lanes) == 1:
+        _train(args, lanes[0], out, threads=threads, command=command)
+    else:
+        _train_in_lanes(args, lanes, out, threads=threads, command=command)
+    export.write_triton_configs(out, *_exported(out))
+    return 0
+
+
+# `ainode train all` on 2 cores: two processes of one torch thread each, which these small
+# networks use better than one process of two threads. The embedder reads the body-part
+# regressor's ONNX (its z cue), so the two share a lane; the segmenter, the longest, has its own.
+LANES = (("body_part_regressor", "lesion_embedder", "lesion_detector"), ("lesion_segmenter",))
+PROGRESS_EVERY_S = 60.0
+
+
+def _lanes(wanted: tuple[str, ...], jobs: int) -> list[tuple[str, ...]]:
+    """The wanted models in at most ``jobs`` lanes, each in training order."""
+    if jobs <= 1:
+        return [wanted]
+    lanes = [tuple(m for m in lane if m in wanted) for lane in LANES]
+    return [lane for lane in lanes if lane] or [wanted]
+
+
+def _train_in_lanes(args: argparse.Namespace, lanes: list[tuple[str, ...]], out: Path, *, threads: int, command: str) -> None:
+    """Each lane in a process of its own, its output in a log file; a line per lane every minute."""
+    import multiprocessing
+    import multiprocessing.connection
+    import tempfile
+    import time
+
+    from node.cli import CommandError
+
+    logs = Path(tempfile.mkdtemp(prefix="ainode-train-"))
+    context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive a fork
+    started = time.monotonic()
+    processes = []
+    for i, lane in enumerate(lanes, 1):
+        log = logs / f"lane{i}.log"
+        process = context.Process(target=_lane_main, args=(args, lane, out, threads, command, log), name=f"lane{i}")
+        process.start()
+        processes.append((lane, log, process))
+        print(f"lane {i}: {', '.join(lane)} ({threads} torch thread{'s' if threads > 1 else ''}; log {log})", flush=True)
+    try:
+        while alive := [p.sentinel for _, _, p in processes if p.is_alive()]:
+            multiprocessing.connection.wait(alive, timeout=PROGRESS_EVERY_S)  # a minute, or sooner when a lane ends
+            minutes = (time.monotonic() - started) / 60
+            for i, (_, log, process) in enumerate(processes, 1):
+                state = _last_progress(log) if process.is_alive() else f"finished (exit {process.exitcode})"
+                print(f"[{minutes:5.1f} min] lane {i}: {state}", flush=True)
+    except KeyboardInterrupt:
+        for _, _, process in processes:
+            process.terminate()
+        raise
+    for i, (lane, log, process) in enumerate(processes, 1):
+        for line in _model_lines(log):
+            print(line, flush=True)
+        if process.exitcode != 0:
+            tail = "\n".join(log.read_text(errors="replace").replace("\r", "\n").splitlines()[-15:])
+            raise CommandError(f"lane {i} ({', '.join(lane)}) failed (exit {process.exitcode}); its log is {log}:\n{tail}")
+    print(f"all lanes done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+
+
+def _lane_main(args: argparse.Namespace, lane: tuple[str, ...], out: Path, threads: int, command: str, log: Path) -> None:
+    """A lane's process: its output to ``log``, then the models in turn."""
+    import logging as _logging
+
+    with open(log, "w", buffering=1) as stream:
+        os.dup2(stream.fileno(), 1)
+        os.dup2(stream.fileno(), 2)
+        sys.stdout = sys.stderr = stream
+        _logging.basicConfig(level=_logging.INFO, stream=stream, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        try:
+            _train(args, lane, out, threads=threads, command=command)
+        except Exception:
+            import traceback
+
+            traceback.print_exc()
+            raise SystemExit(1) from None
+
+
+def _last_progress(log: Path) -> str:
+    """The newest line or progress-bar state in a lane's log."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "starting"
+    pieces = [p.strip() for p in text.replace("\r", "\n").split("\n") if p.strip()]
+    return pieces[-1][:160] if pieces else "starting"
+
+
+def _model_lines(log: Path) -> list[str]:
+    """The one-line summaries the lane printed as each model finished."""
+    text = log.read_text(errors="replace").replace("\r", "\n")
+    return [line for line in text.splitlines() if any(line.startswith(f"{m}: ") for m in MODELS)]
+
+
+def _deeplesion_series(args: argparse.Namespace) -> list:
+    from node.cli import CommandError
+    from node.training import datasets
+
+    series = sorted(datasets.deeplesion_series(args.deeplesion))[: args.max_series]
+    if len(series) < 4:
+        raise CommandError(f"{args.deeplesion}: found {len(series)} usable series; need at least 4")
+    return series
+
+
+def _train(args: argparse.Namespace, wanted: tuple[str, ...], out: Path, *, threads: int, command: str) -> None:
+    """Train, export and card each wanted model in turn, in this process."""
+    import torch
+
+    from node.training import datasets, export, train
+
+    torch.set_num_threads(max(1, threads))
+    if args.deeplesion is not None:
+        series = _deeplesion_series(args)
         n_val = max(1, len(series) // 10)
 
-        def studies(timepoints: int = 1, medium_every: int | None = None):  # DeepLesion's studies are what they are
+        def studies(model_name: str, timepoints: int = 1, medium_every: int | None = None):  # DeepLesion's studies are what they are
             return datasets.deeplesion_studies(args.deeplesion, series=series[:-n_val])
 
-        validation = list(datasets.deeplesion_studies(args.deeplesion, series=series[-n_val:]))
-        def describe(medium_every: int) -> str:
+        validation_studies = list(datasets.deeplesion_studies(args.deeplesion, series=series[-n_val:]))
+
+        def validation(model_name: str) -> list:
+            return validation_studies
+
+        def describe(model_name: str, medium_every: int) -> str:
             return f"DeepLesion at {args.deeplesion}: {len(series) - n_val} training series, {n_val} validation series"
     else:
         from tqdm import tqdm
 
-        from node.synth.lesions import COHORT_VERSION
-
-        cohort_version = COHORT_VERSION if args.cohort_version is None else args.cohort_version
-
-        def studies(timepoints: int = 1, medium_every: int = DEFAULT_MEDIUM_EVERY):
+        def studies(model_name: str, timepoints: int = 1, medium_every: int = DEFAULT_MEDIUM_EVERY):
             # A fresh pass each time: every trainer reads the cohort once, so memory stays flat.
+            patients = _recipe(args, "patients", model_name)
             return tqdm(
                 datasets.synthetic_studies(
-                    range(args.patients), cohort_seed=args.cohort_seed, medium_every=medium_every, timepoints=timepoints,
-                    cohort_version=cohort_version,
+                    range(patients), cohort_seed=args.cohort_seed, medium_every=medium_every, timepoints=timepoints,
+                    cohort_version=_recipe(args, "cohort_version", model_name),
                 ),
-                total=args.patients * timepoints, desc="synthetic cohort", leave=False,
+                total=patients * timepoints, desc=f"{model_name}: synthetic cohort", leave=False,
             )
 
-        validation = list(
-            datasets.synthetic_studies(range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed, cohort_version=cohort_version)
-        )
-        val_lesions = sum(len(s.lesions) for s in validation)
+        def validation(model_name: str) -> list:
+            return list(datasets.synthetic_studies(
+                range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed, cohort_version=_recipe(args, "cohort_version", model_name),
+            ))
 
-        def describe(medium_every: int) -> str:
+        def describe(model_name: str, medium_every: int) -> str:
+            patients = _recipe(args, "patients", model_name)
+            val_lesions = sum(len(s.lesions) for s in validation(model_name))
             return (
-                f"synthetic cohort (node.synth) version {cohort_version}, cohort seed {args.cohort_seed}: patients 0..{args.patients - 1} "
-                f"for training, patients 10000..{10_000 + args.val_patients - 1} for validation ({val_lesions} lesions); "
-                f"{_medium_text(medium_every)}, every third validation patient at 256x256"
+                f"synthetic cohort (node.synth) version {_recipe(args, 'cohort_version', model_name)}, cohort seed {args.cohort_seed}: "
+                f"patients 0..{patients - 1} for training, patients 10000..{10_000 + args.val_patients - 1} for validation "
+                f"({val_lesions} lesions); {_medium_text(medium_every)}, every third validation patient at 256x256"
             )
-    command = "ainode train " + " ".join(sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else [args.model])
     scale = max(0.05, args.scale)
-    version = f"{dt.date.today():%Y%m%d}-seed{args.seed}"
 
     for model_name in wanted:
         medium = _medium_every(args, model_name)
-        rng = train.seed_everything(args.seed)  # per model: `train all` gives what each model's own command gives
+        seed = _recipe(args, "seed", model_name)
+        rng = train.seed_everything(seed)  # per model: `train all` gives what each model's own command gives
         if model_name == "body_part_regressor":
             result = train.train_body_part_regressor(
-                studies(medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale),
+                studies(model_name, medium_every=medium), rng=rng, steps=int(args.ssbr_steps * scale),
                 consistency_weight=train.SSBR_CONSISTENCY if args.ssbr_consistency is None else args.ssbr_consistency,
             )
         elif model_name == "lesion_detector":
-            result = train.train_lesion_detector(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.detector_epochs * scale)), validation=validation,
-                per_lesion=args.detector_per_lesion, negatives=args.detector_negatives, head=args.detector_head,
-                fine_stem=args.detector_fine_stem, small_lesions=args.detector_small_lesions,
+            result = train.train_lesion_detector(
+                studies(model_name, medium_every=medium), rng=rng, epochs=max(1, int(args.detector_epochs * scale)),
+                validation=validation(model_name), per_lesion=args.detector_per_lesion, negatives=args.detector_negatives,
+                head=args.detector_head, fine_stem=args.detector_fine_stem, small_lesions=args.detector_small_lesions,
                 large_lesions=args.detector_large_lesions,
             )
         elif model_name == "lesion_segmenter":
-            result = train.train_lesion_segmenter(studies(medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)), validation=validation,
-                large_lesions=args.segmenter_large_lesions,
+            result = train.train_lesion_segmenter(
+                studies(model_name, medium_every=medium), rng=rng, epochs=max(1, int(args.segmenter_epochs * scale)),
+                validation=validation(model_name), large_lesions=args.segmenter_large_lesions,
                 jitter=train.CropJitter(size=args.segmenter_size_jitter, centre=args.segmenter_centre_jitter),
-                mask_cut=args.segmenter_mask_cut,
+                mask_cut=_recipe(args, "segmenter_mask_cut", model_name),
             )
         else:
             ssbr = _ssbr_from_onnx(out)
             result = train.train_lesion_embedder(
-                itertools.chain(studies(timepoints=max(1, args.embedder_timepoints), medium_every=medium), validation), ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
+                itertools.chain(studies(model_name, timepoints=max(1, args.embedder_timepoints), medium_every=medium), validation(model_name)),
+                ssbr=ssbr, rng=rng, steps=int(args.embedder_steps * scale),
                 refine_steps=int(args.embedder_refine_steps * scale), refine_rounds=args.embedder_refine_rounds,
                 classifier_weight=args.embedder_classifier_weight,
                 track_weight=args.embedder_track_weight,
             )
         path = out / "onnx" / f"{model_name}.onnx"
-        data = describe(medium)
-        metadata = {"version": version, "trained_on": data[:200]}
+        data = describe(model_name, medium)
+        metadata = {"version": f"{dt.date.today():%Y%m%d}-seed{seed}", "trained_on": data[:200]}
         if model_name == "lesion_segmenter":
-            metadata["mask_threshold"] = f"{args.segmenter_mask_cut:g}"
+            metadata["mask_threshold"] = f"{_recipe(args, 'segmenter_mask_cut', model_name):g}"
         export.export_onnx(result.model, model_name, path, metadata=metadata)
         _write_card(
-            out, result, data_text=data, command=command, version=_versions(out)[model_name], path=path,
+            out, result, data_text=data, command=command, version=_version(path), path=path,
             parameters={k: metadata[k] for k in RUNTIME_PARAMETERS if k in metadata},
         )
-        print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()))
+        print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()), flush=True)
 
-    export.write_triton_configs(out, *_exported(out))
-    return 0
+
+# The committed weights' recipes where they differ from the common default (each card's command):
+# the body-part regressor trained with seed 1, the segmenter on 240 patients of cohort version 1
+# with its probability cut at 0.35. An option given on the command line applies to every model.
+RECIPES: dict[str, dict[str, object]] = {
+    "seed": {"body_part_regressor": 1},
+    "patients": {"lesion_segmenter": 240},
+    "cohort_version": {"lesion_segmenter": 1},
+    "segmenter_mask_cut": {"lesion_segmenter": 0.35},
+}
+RECIPE_DEFAULTS: dict[str, object] = {"seed": 0, "patients": 160, "cohort_version": None, "segmenter_mask_cut": DEFAULT_MASK_THRESHOLD}
+
+
+def _recipe(args: argparse.Namespace, option: str, model_name: str):
+    """The option as given, else the model's committed recipe, else the common default."""
+    given = getattr(args, option)
+    if given is not None:
+        return given
+    value = RECIPES[option].get(model_name, RECIPE_DEFAULTS[option])
+    if option == "cohort_version" and value is None:
+        from node.synth.lesions import COHORT_VERSION
+
+        return COHORT_VERSION
+    return value
 
 
 DEFAULT_MEDIUM_EVERY = 3
@@ -240,10 +387,11 @@ def _medium_text(medium_every: int) -> str:
     return "small preset, no training patient at 256x256"
 
 
-def _versions(out: Path) -> dict[str, str]:
-    from node.inference.backend import OnnxBackend
+def _version(path: Path) -> str:
+    """One exported model's version, read from its file alone (another lane may be writing its own)."""
+    import onnx
 
-    return OnnxBackend(out).model_versions()
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}.get("version", "unknown")
 
 
 def _exported(out: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from node.cli import main
 from node.inference.backend import MODEL_NAMES, OnnxBackend
+from node.training import commands
 
 
 def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
@@ -19,7 +20,9 @@ def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
     backend = OnnxBackend(out)
     versions = backend.model_versions()
     assert set(versions) == set(MODEL_NAMES)
-    assert len({v.rsplit("-", 1)[0] for v in versions.values()}) == 1  # date-seed, then a weights digest each
+    # date-seed, then a weights digest each; each model's seed is its committed recipe's
+    assert {name: v.rsplit("-", 1)[0].split("-")[1] for name, v in versions.items()} == {
+        "body_part_regressor": "seed1", "lesion_detector": "seed0", "lesion_segmenter": "seed0", "lesion_embedder": "seed0"}
     for name in MODEL_NAMES:
         card = json.loads((out / "cards" / f"{name}.json").read_text())
         assert card["figures"] and card["version"] == versions[name]
@@ -54,3 +57,18 @@ def test_training_the_embedder_alone_needs_the_body_part_regressor_in_the_reposi
     err = capsys.readouterr().err
     assert "body_part_regressor.onnx" in err and "ainode train ssbr,embedder" in err and "cp -r triton_models" in err
     assert not (tmp_path / "scratch").exists()
+
+
+def test_train_all_runs_two_lanes_and_each_model_keeps_its_committed_recipe() -> None:
+    # The embedder reads the body-part regressor's ONNX, so the two share a lane, in that order.
+    assert commands._lanes(commands.MODELS, 2) == [
+        ("body_part_regressor", "lesion_embedder", "lesion_detector"), ("lesion_segmenter",)]
+    assert commands._lanes(("lesion_detector", "lesion_embedder"), 2) == [("lesion_embedder", "lesion_detector")]
+    assert commands._lanes(commands.MODELS, 1) == [commands.MODELS]
+    args = commands.argparse.Namespace(seed=None, patients=None, cohort_version=None, segmenter_mask_cut=None)
+    assert commands._recipe(args, "seed", "body_part_regressor") == 1 and commands._recipe(args, "seed", "lesion_detector") == 0
+    assert commands._recipe(args, "patients", "lesion_segmenter") == 240 and commands._recipe(args, "patients", "lesion_embedder") == 160
+    assert commands._recipe(args, "cohort_version", "lesion_segmenter") == 1 and commands._recipe(args, "cohort_version", "lesion_detector") == 3
+    assert commands._recipe(args, "segmenter_mask_cut", "lesion_segmenter") == 0.35
+    given = commands.argparse.Namespace(seed=7, patients=20, cohort_version=2, segmenter_mask_cut=0.4)  # given: for every model
+    assert [commands._recipe(given, o, "lesion_segmenter") for o in ("seed", "patients", "cohort_version", "segmenter_mask_cut")] == [7, 20, 2, 0.4]
