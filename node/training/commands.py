@@ -259,10 +259,15 @@ def _train(args: argparse.Namespace, wanted: tuple[str, ...], out: Path, *, thre
                 total=patients * timepoints, desc=f"{model_name}: synthetic cohort", leave=False,
             )
 
+        drawn: dict[int, list] = {}  # validation studies by cohort version, drawn once
+
         def validation(model_name: str) -> list:
-            return list(datasets.synthetic_studies(
-                range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed, cohort_version=_recipe(args, "cohort_version", model_name),
-            ))
+            version = _recipe(args, "cohort_version", model_name)
+            if version not in drawn:
+                drawn[version] = list(datasets.synthetic_studies(
+                    range(10_000, 10_000 + args.val_patients), cohort_seed=args.cohort_seed, cohort_version=version,
+                ))
+            return drawn[version]
 
         def describe(model_name: str, medium_every: int) -> str:
             patients = _recipe(args, "patients", model_name)
