@@ -121,7 +121,52 @@ def handle(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _train_in_lanes(args, lanes, out, threads=threads, command=command)
     export.write_triton_configs(out, *_exported(out))
+    for line in compare_with_committed(out, wanted, settings.model_repository):
+        print(line, flush=True)
     return 0
+
+
+# Trained alone or in lanes, with one torch thread each, the command gives the same weights on
+# the same machine (same CPU, same library versions). Across CPUs it does not: oneDNN, MKL,
+# numpy's SIMD loops and ONNX Runtime's MLAS pick their kernels by the instruction set, so the
+# sums round differently and training drifts into other, equally good weights (triton_models/
+# README.md, "Reproducing the weights"). So each run says how it compares with the committed set.
+COMPARED = {
+    "body_part_regressor": ("median_r_slice_index", "min_r_slice_index", "final_loss"),
+    "lesion_detector": ("val_key_slice_sensitivity_at_0.3", "val_false_positives_per_key_slice_at_0.3", "final_loss"),
+    "lesion_segmenter": ("val_key_slice_dice_mean", "val_long_axis_abs_err_mm_median", "val_short_axis_abs_err_mm_median"),
+    "lesion_embedder": ("test_type_acc_knn_on_embedding", "test_type_acc_classifier_head", "final_loss"),
+}
+
+
+def compare_with_committed(out: Path, wanted: tuple[str, ...], committed: Path) -> list[str]:
+    """Lines comparing each trained model's card with the committed repository's: the same
+    weights (digest), or other weights and their validation figures side by side."""
+    if out.resolve() == committed.resolve():
+        return []
+    lines = [f"against the committed models in {committed}:"]
+    for name in wanted:
+        try:
+            new = json.loads((out / "cards" / f"{name}.json").read_text())
+            old = json.loads((committed / "cards" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            lines.append(f"  {name}: no card to compare with")
+            continue
+        digest_new, digest_old = _digest(new["version"]), _digest(old["version"])
+        if digest_new == digest_old:
+            lines.append(f"  {name}: the same weights ({digest_new})")
+            continue
+        figures = ", ".join(
+            f"{k} {old['figures'][k]:.3g} -> {new['figures'][k]:.3g}"
+            for k in COMPARED.get(name, ()) if k in old["figures"] and k in new["figures"]
+        )
+        lines.append(f"  {name}: other weights ({digest_old} -> {digest_new}); validation {figures or 'figures not comparable'}")
+    return lines
+
+
+def _digest(version: str) -> str:
+    """The weights digest in a version such as ``20261128-seed0-bd5320b3+flip``."""
+    return version.split("+", 1)[0].rsplit("-", 1)[-1]
 
 
 # `ainode train all` on 2 cores: two processes of one torch thread each, which these small
@@ -210,8 +255,11 @@ def _last_progress(log: Path) -> str:
 
 def _model_lines(log: Path) -> list[str]:
     """The one-line summaries the lane printed as each model finished."""
+    import re
+
+    summary = re.compile(rf"^({'|'.join(MODELS)}): \d+ s, ")  # not the "<model>: synthetic cohort" progress bars
     text = log.read_text(errors="replace").replace("\r", "\n")
-    return [line for line in text.splitlines() if any(line.startswith(f"{m}: ") for m in MODELS)]
+    return [line for line in text.splitlines() if summary.match(line)]
 
 
 def _deeplesion_series(args: argparse.Namespace) -> list:
@@ -437,6 +485,7 @@ def _write_card(out: Path, result, *, data_text: str, command: str, version: str
     cards.mkdir(parents=True, exist_ok=True)
     params = sum(p.numel() for p in result.model.parameters())
     figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in result.figures.items())
+    trained_with = _trained_with()
     flip = f"\n- {FLIP_NOTE}" if result.name in FLIP_AVERAGED else ""
     if parameters:
         flip += "\n- exported with it (ONNX metadata, Triton config `ainode_<key>`): " + ", ".join(f"{k} {v}" for k, v in parameters.items())
@@ -446,7 +495,7 @@ def _write_card(out: Path, result, *, data_text: str, command: str, version: str
 - file: `onnx/{path.name}` ({path.stat().st_size / 1024:.0f} kB, {params:,} parameters)
 - data: {data_text}
 - command: `{command}`
-- trained in {result.seconds:.0f} s on {platform.machine()} with torch threads as given ({result.samples} training samples){flip}
+- trained in {result.seconds:.0f} s on {platform.machine()} ({trained_with['cpu_capability']} kernels, torch {trained_with['torch']}, {trained_with['threads']} torch thread(s); {result.samples} training samples){flip}
 - figures are **synthetic-cohort numbers**, never clinical ones.
 
 | figure | value |
@@ -456,5 +505,14 @@ def _write_card(out: Path, result, *, data_text: str, command: str, version: str
     (cards / f"{result.name}.md").write_text(text)
     (cards / f"{result.name}.json").write_text(
         json.dumps({"version": version, "data": data_text, "command": command, "seconds": round(result.seconds, 1),
-                    "parameters": params, **({"runtime": parameters} if parameters else {}), "figures": result.figures}, indent=2) + "\n"
+                    "parameters": params, **({"runtime": parameters} if parameters else {}), "trained_with": trained_with,
+                    "figures": result.figures}, indent=2) + "\n"
     )
+
+
+def _trained_with() -> dict[str, object]:
+    """What the weights' last bits depend on besides the command: the CPU's kernels, torch, threads."""
+    import torch
+
+    return {"machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}

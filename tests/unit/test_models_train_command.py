@@ -26,6 +26,7 @@ def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
     for name in MODEL_NAMES:
         card = json.loads((out / "cards" / f"{name}.json").read_text())
         assert card["figures"] and card["version"] == versions[name]
+        assert card["trained_with"]["threads"] == 1 and card["trained_with"]["cpu_capability"]  # what the last bits depend on
         assert (out / "cpu" / name / "config.pbtxt").is_file() and (out / "gpu" / name / "config.pbtxt").is_file()
     # The segmenter's cut travels with its weights: ONNX metadata, both Triton configs, its card.
     assert backend.model_parameters("lesion_segmenter") == {"mask_threshold": "0.35"}
@@ -72,3 +73,28 @@ def test_train_all_runs_two_lanes_and_each_model_keeps_its_committed_recipe() ->
     assert commands._recipe(args, "segmenter_mask_cut", "lesion_segmenter") == 0.35
     given = commands.argparse.Namespace(seed=7, patients=20, cohort_version=2, segmenter_mask_cut=0.4)  # given: for every model
     assert [commands._recipe(given, o, "lesion_segmenter") for o in ("seed", "patients", "cohort_version", "segmenter_mask_cut")] == [7, 20, 2, 0.4]
+
+
+def test_a_run_says_how_its_weights_compare_with_the_committed_ones(tmp_path: Path) -> None:
+    # Across CPUs the same command gives other weights (the kernels round differently): each run
+    # says whether it got the committed weights, and if not, both sets' validation figures.
+    committed, new = tmp_path / "committed", tmp_path / "new"
+    for repo, ssbr, segmenter in ((committed, "20261128-seed1-925d4f03", "20261127-seed0-88d94157"),
+                                  (new, "20261129-seed1-925d4f03", "20261129-seed0-50514862")):
+        (repo / "cards").mkdir(parents=True)
+        (repo / "cards" / "body_part_regressor.json").write_text(json.dumps({"version": ssbr, "figures": {"median_r_slice_index": 0.99}}))
+        dice = 0.808 if repo is committed else 0.827
+        (repo / "cards" / "lesion_segmenter.json").write_text(json.dumps({"version": segmenter, "figures": {"val_key_slice_dice_mean": dice}}))
+    lines = commands.compare_with_committed(new, ("body_part_regressor", "lesion_segmenter", "lesion_detector"), committed)
+    assert lines[1] == "  body_part_regressor: the same weights (925d4f03)"
+    assert lines[2].startswith("  lesion_segmenter: other weights (88d94157 -> 50514862); validation val_key_slice_dice_mean 0.808 -> 0.827")
+    assert lines[3] == "  lesion_detector: no card to compare with"
+    assert commands.compare_with_committed(committed, ("body_part_regressor",), committed) == []  # retrained in place: nothing to compare
+    assert commands._digest("20261126-seed0-1d4a90a1+flip") == "1d4a90a1"
+
+
+def test_a_lane_reports_each_model_once_not_its_progress_bars(tmp_path: Path) -> None:
+    log = tmp_path / "lane2.log"
+    log.write_text("lesion_segmenter: synthetic cohort:  99%|#| 239/240\rlesion_segmenter: synthetic cohort: 100%|#| 240/240\n"
+                   "segmenter:  63%|######| 3678/5860\nlesion_segmenter: 1863 s, final_loss=0.168, val_key_slice_dice_mean=0.827\n")
+    assert commands._model_lines(log) == ["lesion_segmenter: 1863 s, final_loss=0.168, val_key_slice_dice_mean=0.827"]
