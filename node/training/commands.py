@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -142,6 +143,8 @@ COMPARED = {
 def compare_with_committed(out: Path, wanted: tuple[str, ...], committed: Path) -> list[str]:
     """Lines comparing each trained model's card with the committed repository's: the same
     weights (digest), or other weights and their validation figures side by side."""
+    from node.training.export import version_digest
+
     if out.resolve() == committed.resolve():
         return []
     lines = [f"against the committed models in {committed}:"]
@@ -152,7 +155,7 @@ def compare_with_committed(out: Path, wanted: tuple[str, ...], committed: Path) 
         except (OSError, ValueError):
             lines.append(f"  {name}: no card to compare with")
             continue
-        digest_new, digest_old = _digest(new["version"]), _digest(old["version"])
+        digest_new, digest_old = version_digest(new["version"]), version_digest(old["version"])
         if digest_new == digest_old:
             lines.append(f"  {name}: the same weights ({digest_new})")
             continue
@@ -162,11 +165,6 @@ def compare_with_committed(out: Path, wanted: tuple[str, ...], committed: Path) 
         )
         lines.append(f"  {name}: other weights ({digest_old} -> {digest_new}); validation {figures or 'figures not comparable'}")
     return lines
-
-
-def _digest(version: str) -> str:
-    """The weights digest in a version such as ``20261128-seed0-bd5320b3+flip``."""
-    return version.split("+", 1)[0].rsplit("-", 1)[-1]
 
 
 # `ainode train all` on 2 cores: two processes of one torch thread each, which these small
@@ -253,13 +251,18 @@ def _last_progress(log: Path) -> str:
     return pieces[-1][:160] if pieces else "starting"
 
 
+def _summary(model_name: str, result) -> str:
+    """The line printed as a model finishes; a lane's log is read back for it (``_model_lines``)."""
+    return f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items())
+
+
+SUMMARY = re.compile(rf"^({'|'.join(MODELS)}): \d+ s, ")  # ``_summary``'s start, not a "<model>: synthetic cohort" progress bar
+
+
 def _model_lines(log: Path) -> list[str]:
     """The one-line summaries the lane printed as each model finished."""
-    import re
-
-    summary = re.compile(rf"^({'|'.join(MODELS)}): \d+ s, ")  # not the "<model>: synthetic cohort" progress bars
     text = log.read_text(errors="replace").replace("\r", "\n")
-    return [line for line in text.splitlines() if summary.match(line)]
+    return [line for line in text.splitlines() if SUMMARY.match(line)]
 
 
 def _deeplesion_series(args: argparse.Namespace) -> list:
@@ -369,7 +372,7 @@ def _train(args: argparse.Namespace, wanted: tuple[str, ...], out: Path, *, thre
             out, result, data_text=data, command=command, version=_version(path), path=path,
             parameters={k: metadata[k] for k in RUNTIME_PARAMETERS if k in metadata},
         )
-        print(f"{model_name}: {result.seconds:.0f} s, " + ", ".join(f"{k}={v:.3g}" for k, v in result.figures.items()), flush=True)
+        print(_summary(model_name, result), flush=True)
 
 
 # The committed weights' recipes where they differ from the common default (each card's command):
@@ -495,7 +498,7 @@ def _write_card(out: Path, result, *, data_text: str, command: str, version: str
 - file: `onnx/{path.name}` ({path.stat().st_size / 1024:.0f} kB, {params:,} parameters)
 - data: {data_text}
 - command: `{command}`
-- trained in {result.seconds:.0f} s on {platform.machine()} ({trained_with['cpu_capability']} kernels, torch {trained_with['torch']}, {trained_with['threads']} torch thread(s); {result.samples} training samples){flip}
+- trained in {result.seconds:.0f} s on {trained_with['machine']} ({trained_with['cpu_capability']} kernels, torch {trained_with['torch']}, {trained_with['threads']} torch thread(s); {result.samples} training samples){flip}
 - figures are **synthetic-cohort numbers**, never clinical ones.
 
 | figure | value |

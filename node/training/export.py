@@ -216,6 +216,11 @@ def _stamp(proto: onnx.ModelProto) -> None:
             entry.value = base + (FLIP_SUFFIX if flipped else "")
 
 
+def version_digest(version: str) -> str:
+    """The weights digest ``_stamp`` put in a version, e.g. ``20261128-seed0-bd5320b3+flip`` -> ``bd5320b3``."""
+    return version.removesuffix(FLIP_SUFFIX).rsplit("-", 1)[-1]
+
+
 def fix_onnx_file(path: Path, name: str) -> None:
     """Bring an ONNX file written by an earlier export up to date in place: ``flip_average`` (once)
     for the flip-averaged models, ``set_io_shapes`` and the version's weights digest."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from node.cli import main
 from node.inference.backend import MODEL_NAMES, OnnxBackend
-from node.training import commands
+from node.training import commands, export
 
 
 def test_train_all_writes_a_servable_repository(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_a_run_says_how_its_weights_compare_with_the_committed_ones(tmp_path: Pa
     assert lines[2].startswith("  lesion_segmenter: other weights (88d94157 -> 50514862); validation val_key_slice_dice_mean 0.808 -> 0.827")
     assert lines[3] == "  lesion_detector: no card to compare with"
     assert commands.compare_with_committed(committed, ("body_part_regressor",), committed) == []  # retrained in place: nothing to compare
-    assert commands._digest("20261126-seed0-1d4a90a1+flip") == "1d4a90a1"
+    assert export.version_digest("20261126-seed0-1d4a90a1+flip") == "1d4a90a1"
 
 
 def test_a_lane_reports_each_model_once_not_its_progress_bars(tmp_path: Path) -> None:
