@@ -20,6 +20,7 @@ SLICE_MM = 2.0  # distance between the 3 neighbouring slices of a group
 CANVAS_MM = 2.0  # detector pixel size (1 mm pixels, 2x downsampled)
 CANVAS_SIZE = 256  # 512 mm field of view
 SSBR_SIZE = 64  # body-part regressor input (8 mm pixels)
+SSBR_VIEW = 0.8  # the node's body-part regressor sees the middle 80% of the slice (``ssbr_inputs``)
 CROP_SIZE = 64  # segmenter / embedder crop, pixels
 DETECTOR_GROUPS = 3  # 3DCE: key group plus one group above and one below
 DETECTOR_CHANNELS = 3 * DETECTOR_GROUPS
@@ -163,12 +164,37 @@ def tile_starts(length: int, *, overlap: int = CANVAS_SIZE // 4) -> list[int]:
     return sorted({int(round(x / HEATMAP_STRIDE)) * HEATMAP_STRIDE for x in starts})
 
 
-def ssbr_inputs(canvas: Canvas) -> np.ndarray:
-    """Body-part regressor input: every canvas slice block-averaged to SSBR_SIZE, (N,1,64,64)."""
+def ssbr_inputs(canvas: Canvas, *, view: float = SSBR_VIEW) -> np.ndarray:
+    """Body-part regressor input, (N,1,64,64): every canvas slice block-averaged to SSBR_SIZE,
+    then its middle ``view`` (a fraction of the side) resized back to SSBR_SIZE (``centre_view``).
+
+    The regressor trains on random crops of 0.6-1.0 of the slice resized back (node.training), so
+    the node shows it the middle of that range; training reads the whole slice (``view`` 1.0),
+    which it crops itself."""
     f = CANVAS_SIZE // SSBR_SIZE
     n = canvas.pixels.shape[0]
     small = canvas.pixels.reshape(n, SSBR_SIZE, f, SSBR_SIZE, f).mean(axis=(2, 4))
-    return small[:, None].astype(np.float32)
+    return centre_view(small, view)[:, None].astype(np.float32)
+
+
+def centre_view(images: np.ndarray, view: float) -> np.ndarray:
+    """The middle ``view`` of each (..., S, S) image, resized back to S x S by bilinear
+    interpolation at pixel centres (torch's ``interpolate(mode="bilinear", align_corners=False)``,
+    which the body-part regressor's training crops use)."""
+    if not 0.0 < view <= 1.0:
+        raise ValueError(f"view: a fraction of the side in (0, 1], got {view}")
+    size = images.shape[-1]
+    side = max(1, int(round(size * view)))
+    if side == size:
+        return images
+    start = (size - side) // 2
+    crop = images[..., start : start + side, start : start + side]
+    src = np.maximum((np.arange(size) + 0.5) * side / size - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), side - 1)
+    i1 = np.minimum(i0 + 1, side - 1)
+    w = (src - i0).astype(images.dtype)
+    rows = crop[..., i0, :] * (1 - w)[:, None] + crop[..., i1, :] * w[:, None]
+    return rows[..., i0] * (1 - w) + rows[..., i1] * w
 
 
 def detector_offsets() -> np.ndarray:

@@ -75,7 +75,7 @@ SSBR_CONSISTENCY = 1.0
 
 
 def _ssbr_stack(study: TrainStudy) -> np.ndarray:
-    return pp.ssbr_inputs(pp.make_canvas(study.pixels, study.spacing))[:, 0]
+    return pp.ssbr_inputs(pp.make_canvas(study.pixels, study.spacing), view=1.0)[:, 0]  # cropped in training
 
 
 def _random_crop(stacks: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -26,6 +26,8 @@ def test_canvas_maps_back_to_the_volume() -> None:
     np.testing.assert_allclose(back, (20, 50, 80), atol=1e-9)
     assert canvas.pixels[0, 0, 0] == 0.0  # outside the field of view: air
     assert pp.ssbr_inputs(canvas).shape == (canvas.pixels.shape[0], 1, pp.SSBR_SIZE, pp.SSBR_SIZE)
+    whole = pp.ssbr_inputs(canvas, view=1.0)[:, 0]  # training's input, which it crops itself
+    np.testing.assert_allclose(pp.ssbr_inputs(canvas)[:, 0], pp.centre_view(whole, pp.SSBR_VIEW))
     inputs = pp.detector_inputs(canvas, np.array([0, 5]))
     assert inputs.shape == (2, 9, pp.CANVAS_SIZE, pp.CANVAS_SIZE)
     np.testing.assert_array_equal(inputs[0, 0], canvas.pixels[0])  # clamped at the first slice

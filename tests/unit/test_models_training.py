@@ -308,12 +308,17 @@ def test_ssbr_consistency_loss_is_zero_when_both_views_score_alike() -> None:
     assert float(train.ssbr_consistency_loss(scores, scores + 2.0)) == pytest.approx(4.0)  # an offset is what it removes
 
 
-def _zoomed(stack: np.ndarray, frac: float) -> np.ndarray:
-    size = stack.shape[-1]
-    side = int(size * frac)
-    lo = (size - side) // 2
+def test_the_node_shows_the_regressor_the_middle_of_its_training_crops() -> None:
+    """``pp.centre_view`` is training's crop (torch bilinear, pixel centres) at the middle of the slice."""
+    stack = np.random.default_rng(0).uniform(0, 255, (4, pp.SSBR_SIZE, pp.SSBR_SIZE)).astype(np.float32)
+    side = round(pp.SSBR_SIZE * pp.SSBR_VIEW)
+    lo = (pp.SSBR_SIZE - side) // 2
     crop = torch.from_numpy(np.ascontiguousarray(stack[:, None, lo : lo + side, lo : lo + side]))
-    return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False).numpy()
+    want = torch.nn.functional.interpolate(crop, size=(pp.SSBR_SIZE,) * 2, mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(pp.centre_view(stack, pp.SSBR_VIEW), want.numpy(), atol=1e-3)
+    assert pp.centre_view(stack, 1.0) is stack
+    with pytest.raises(ValueError, match="view"):
+        pp.centre_view(stack, 0.0)
 
 
 def test_the_consistency_term_gives_a_zoomed_slice_the_score_of_the_whole_slice() -> None:
@@ -329,7 +334,7 @@ def test_the_consistency_term_gives_a_zoomed_slice_the_score_of_the_whole_slice(
         ).model
         with torch.no_grad():
             return float(np.mean([
-                np.abs(model(torch.from_numpy(_zoomed(s, 0.65))).numpy() - model(torch.from_numpy(s[:, None])).numpy()).mean()
+                np.abs(model(torch.from_numpy(pp.centre_view(s, 0.65)[:, None])).numpy() - model(torch.from_numpy(s[:, None])).numpy()).mean()
                 for s in stacks
             ]))
 
