@@ -325,9 +325,7 @@ class Analyzer:
 
         t = time.perf_counter()
         canvas_scores = self.backend.infer("body_part_regressor", {"image": pp.ssbr_inputs(canvas)})["score"][:, 0]
-        n = volume.pixels.shape[0]
-        positions = np.arange(canvas.pixels.shape[0]) * canvas.slice_step
-        body_part_scores = np.interp(np.arange(n), positions, canvas_scores).astype(np.float32)
+        body_part_scores = canvas.per_slice(canvas_scores, volume.pixels.shape[0]).astype(np.float32)
         timings["body_part"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -61,6 +61,10 @@ class Canvas:
         """Canvas (slice, row, column) of volume (slice, row, column)."""
         return (s / self.slice_step, (row - self.row0) / self.row_step, (col - self.col0) / self.col_step)
 
+    def per_slice(self, values: np.ndarray, count: int) -> np.ndarray:
+        """``values`` given on each canvas slice, linearly interpolated at the volume's ``count`` slices."""
+        return np.interp(np.arange(count), np.arange(len(values)) * self.slice_step, values)
+
 
 def resample_slices(pixels: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Linearly interpolate a (slices, rows, cols) stack at fractional slice ``positions``."""
@@ -189,12 +193,8 @@ def centre_view(images: np.ndarray, view: float) -> np.ndarray:
         return images
     start = (size - side) // 2
     crop = images[..., start : start + side, start : start + side]
-    src = np.maximum((np.arange(size) + 0.5) * side / size - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(int), side - 1)
-    i1 = np.minimum(i0 + 1, side - 1)
-    w = (src - i0).astype(images.dtype)
-    rows = crop[..., i0, :] * (1 - w)[:, None] + crop[..., i1, :] * w[:, None]
-    return rows[..., i0] * (1 - w) + rows[..., i1] * w
+    factors = (1.0,) * (images.ndim - 2) + (size / side,) * 2
+    return ndimage.zoom(crop, factors, order=1, mode="nearest", grid_mode=True, prefilter=False)
 
 
 def detector_offsets() -> np.ndarray:

@@ -470,7 +470,7 @@ def _ssbr_from_onnx(out: Path):
     def scores(study) -> np.ndarray:
         canvas = pp.make_canvas(study.pixels, study.spacing)
         s = backend.infer("body_part_regressor", {"image": pp.ssbr_inputs(canvas)})["score"][:, 0]
-        return np.interp(np.arange(study.pixels.shape[0]), np.arange(len(s)) * canvas.slice_step, s)
+        return canvas.per_slice(s, study.pixels.shape[0])
 
     return scores
 

@@ -189,8 +189,7 @@ def ssbr_scores(model: torch.nn.Module, study: TrainStudy) -> np.ndarray:
     canvas = pp.make_canvas(study.pixels, study.spacing)
     with torch.no_grad():
         scores = model(torch.from_numpy(pp.ssbr_inputs(canvas))).numpy()[:, 0]
-    positions = np.arange(canvas.pixels.shape[0]) * canvas.slice_step
-    return np.interp(np.arange(study.pixels.shape[0]), positions, scores)
+    return canvas.per_slice(scores, study.pixels.shape[0])
 
 
 # --------------------------------------------------------------------------------------------
