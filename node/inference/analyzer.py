@@ -34,6 +34,18 @@ MIN_EXTENT_MM = 16.0
 MAX_SLICE_MM = 5.0
 FIT_ROUNDS = 3  # key-slice re-segmentations on a larger crop when the mask fills the crop
 FIT_FILL = 0.7  # ... that is, when the mask's larger side exceeds this share of the crop's side
+# The detector boxes a large lesion short (a 50 mm lesion at 30 mm), and the segmenter, trained on
+# lesions filling 40-60 % of its crop, then outlines the part of it that fills a crop twice that
+# box: a plausible mask, half a lesion wide, that FIT_FILL cannot tell from a whole one. So the key
+# slice is segmented again on a crop sized for a lesion FIT_GROW times the mask, centred on it,
+# keeping what overlaps it; the larger mask is taken while it grows by more than FIT_GAIN (one the
+# crop already held whole keeps its size), at most FIT_ROUNDS times. Chosen on unseen synthetic
+# patients (seed 0, 40000+ and 50000+; triton_models/cards/lesion_detector.md): key-slice
+# sensitivity at 4 FPs 0.885 / 0.948 -> 0.904 / 0.961 (FIT_GAIN 1.15: 0.904 / 0.955; a 2x crop:
+# 0.898 / 0.961); then, unchosen, a seed-1 detector 0.854 / 0.942 -> 0.885 / 0.961 and held out
+# 0.888 -> 0.910 (the committed one: 0.903 either way). The analyzer's Dice and RECIST barely move.
+FIT_GROW = 1.5
+FIT_GAIN = 1.25
 PIXEL_MM_RANGE = (0.4, 5.0)  # the small synthetic preset reaches 4.8 mm
 MAX_FOV_MM = 600.0
 
@@ -461,14 +473,33 @@ def fit_lesions(backend: InferenceBackend, volume: Volume, places: list[Fit]) ->
 
     ``places`` hold the detector's slice, centre and size. The crop is twice the detector's box;
     a lesion the detector under-sizes would be cut at the crop's edge, so the slice is segmented
-    again on a larger crop, centred on the mask, while the mask fills it (``_segment_slices``).
+    again on a larger crop, centred on the mask, while the mask fills it (``_segment_slices``), and
+    while a crop for a lesion ``FIT_GROW`` times the mask gives a larger mask (``_fit_masks``).
     """
     return [replace(p, box=None if m is None else m.box) for p, m in zip(places, _fit_masks(backend, volume, places), strict=True)]
 
 
 def _fit_masks(backend: InferenceBackend, volume: Volume, places: list[Fit]) -> list[SliceMask | None]:
-    """The mask of each place's slice: the component nearest its centre, the crop grown to fit."""
-    return _segment_slices(backend, volume, [(p.key_slice, p.center_rc, p.size_mm) for p in places], [None] * len(places))
+    """The mask of each place's slice: the component nearest its centre, the crop grown to fit,
+    then grown while a larger crop gives a larger mask (``FIT_GROW``)."""
+    masks = _segment_slices(backend, volume, [(p.key_slice, p.center_rc, p.size_mm) for p in places], [None] * len(places))
+    growing = [i for i, m in enumerate(masks) if m is not None]
+    for _ in range(FIT_ROUNDS):
+        if not growing:
+            break
+        extents = {i: masks[i].extent_mm(volume.spacing) for i in growing}
+        larger = _segment_slices(
+            backend, volume,
+            [(places[i].key_slice, masks[i].centre, FIT_GROW * extents[i]) for i in growing],
+            [masks[i] for i in growing],
+        )
+        still = []
+        for i, mask in zip(growing, larger, strict=True):
+            if mask is not None and mask.extent_mm(volume.spacing) > FIT_GAIN * extents[i]:
+                masks[i] = mask
+                still.append(i)
+        growing = still
+    return masks
 
 
 @dataclass(frozen=True)

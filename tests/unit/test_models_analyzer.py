@@ -221,6 +221,29 @@ def test_refined_boxes_follow_the_lesion_not_the_detector_size(backend, study) -
     assert refine_boxes(backend, volume, canvas, []) == []
 
 
+def test_a_lesion_the_detector_boxes_short_is_outlined_whole(backend, monkeypatch) -> None:
+    # The detector boxes large lesions short; on a crop twice that box the segmenter outlines the
+    # part of the lesion that fills it. The fit grows the crop while the mask grows with it.
+    from node.eval.metrics import iou
+    from node.inference.analyzer import Fit, fit_lesions
+
+    study = synthesize_study(10002, 0, small=True)  # a validation patient with two large liver lesions
+    volume = study.to_volume()
+    large = sorted(study.lesions, key=lambda les: -les.long_axis_mm)[:2]
+    assert min(les.long_axis_mm for les in large) > 50.0
+
+    def overlaps() -> list[float]:
+        places = [
+            Fit(key_slice=les.key_slice, center_rc=((les.box[1] + les.box[3]) / 2, (les.box[0] + les.box[2]) / 2), size_mm=0.55 * les.long_axis_mm, box=None)
+            for les in large
+        ]
+        return [0.0 if fit.box is None else float(iou(fit.box, np.array([les.box]))[0]) for fit, les in zip(fit_lesions(backend, volume, places), large, strict=True)]
+
+    assert min(overlaps()) >= 0.8
+    monkeypatch.setattr(an, "FIT_GAIN", float("inf"))  # no growth: the crop twice the short box
+    assert min(overlaps()) < 0.5
+
+
 def test_lesion_boxes_use_the_truth_convention(analysis, study) -> None:
     # A box's edges lie half a pixel beyond its outer pixel centres, as the synthetic truth's do:
     # a half-pixel shift would cost a 5-pixel lesion a third of its IoU.
