@@ -39,13 +39,11 @@ FIT_FILL = 0.7  # ... that is, when the mask's larger side exceeds this share of
 # box: a plausible mask, half a lesion wide, that FIT_FILL cannot tell from a whole one. So the key
 # slice is segmented again on a crop sized for a lesion FIT_GROW times the mask, centred on it,
 # keeping what overlaps it; the larger mask is taken while it grows by more than FIT_GAIN (one the
-# crop already held whole keeps its size), at most FIT_ROUNDS times. Chosen on unseen synthetic
-# patients (seed 0, 40000+ and 50000+; triton_models/cards/lesion_detector.md): key-slice
-# sensitivity at 4 FPs 0.885 / 0.948 -> 0.904 / 0.961 (FIT_GAIN 1.15: 0.904 / 0.955; a 2x crop:
-# 0.898 / 0.961); then, unchosen, held out: seed-1 and seed-2 detectors 0.888 / 0.903 -> 0.910 /
-# 0.910, the committed one 0.903 either way. The analyzer's Dice and RECIST barely move.
+# crop already held whole keeps its size), at most FIT_GROW_ROUNDS times. Chosen on unseen
+# synthetic patients; the figures are in triton_models/cards/lesion_detector.md.
 FIT_GROW = 1.5
 FIT_GAIN = 1.25
+FIT_GROW_ROUNDS = 3
 PIXEL_MM_RANGE = (0.4, 5.0)  # the small synthetic preset reaches 4.8 mm
 MAX_FOV_MM = 600.0
 
@@ -484,7 +482,7 @@ def _fit_masks(backend: InferenceBackend, volume: Volume, places: list[Fit]) -> 
     then grown while a larger crop gives a larger mask (``FIT_GROW``)."""
     masks = _segment_slices(backend, volume, [(p.key_slice, p.center_rc, p.size_mm) for p in places], [None] * len(places))
     growing = [i for i, m in enumerate(masks) if m is not None]
-    for _ in range(FIT_ROUNDS):
+    for _ in range(FIT_GROW_ROUNDS):
         if not growing:
             break
         extents = {i: masks[i].extent_mm(volume.spacing) for i in growing}
